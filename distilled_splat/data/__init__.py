@@ -1,0 +1,1 @@
+"""Scene input: checks, the device-agnostic datamanager and the built-in synthetic scenes."""

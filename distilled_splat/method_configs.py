@@ -1,0 +1,77 @@
+"""The nerfstudio methods this plugin registers (entry point group ``nerfstudio.method_configs``).
+
+The configs are built explicitly rather than copied from ``nerfstudio.configs.method_configs``: importing that
+module from a plugin that it is itself discovering leaves it half-initialised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.models.splatfacto import SplatfactoModelConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from distilled_splat.data.datamanager import PortableDatamanagerConfig
+from distilled_splat.models.portable_splatfacto import PortableSplatfactoModelConfig
+
+FULL_RUN_STEPS = 30_000
+
+
+def splat_optimizers(max_steps: int = FULL_RUN_STEPS) -> Dict[str, Any]:
+    """Splatfacto's optimisers and learning rates, with decay schedules ending at ``max_steps``."""
+
+    def adam(lr: float) -> AdamOptimizerConfig:
+        return AdamOptimizerConfig(lr=lr, eps=1e-15)
+
+    warmup = max(1, round(1000 * max_steps / FULL_RUN_STEPS))
+    return {
+        "means": {"optimizer": adam(1.6e-4), "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps)},
+        "features_dc": {"optimizer": adam(0.0025), "scheduler": None},
+        "features_rest": {"optimizer": adam(0.0025 / 20), "scheduler": None},
+        "opacities": {"optimizer": adam(0.05), "scheduler": None},
+        "scales": {"optimizer": adam(0.005), "scheduler": None},
+        "quats": {"optimizer": adam(0.001), "scheduler": None},
+        "camera_opt": {
+            "optimizer": adam(1e-4),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=max_steps, warmup_steps=warmup, lr_pre_warmup=0),
+        },
+        "bilateral_grid": {
+            "optimizer": adam(2e-3),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max_steps, warmup_steps=warmup, lr_pre_warmup=0),
+        },
+    }
+
+
+def splat_trainer_config(method_name: str, model: SplatfactoModelConfig) -> TrainerConfig:
+    """A splatfacto-style trainer for ``model``; every method needs its own ``method_name`` for ``eval_setup``."""
+    return TrainerConfig(
+        method_name=method_name,
+        steps_per_eval_image=100,
+        steps_per_eval_batch=0,
+        steps_per_save=2000,
+        steps_per_eval_all_images=1000,
+        max_num_iterations=FULL_RUN_STEPS,
+        mixed_precision=False,
+        pipeline=VanillaPipelineConfig(
+            datamanager=PortableDatamanagerConfig(
+                dataparser=NerfstudioDataParserConfig(load_3D_points=True, eval_mode="interval", eval_interval=8),
+                cache_images_type="uint8",
+            ),
+            model=model,
+        ),
+        optimizers=splat_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+distilled_teacher = MethodSpecification(
+    config=splat_trainer_config("distilled-teacher", PortableSplatfactoModelConfig()),
+    description="Distilled-3DGS vanilla teacher: splatfacto that also trains on CPU (every 8th view held out).",
+)

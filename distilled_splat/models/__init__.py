@@ -1,0 +1,1 @@
+"""Splat models of this package."""

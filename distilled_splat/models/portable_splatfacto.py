@@ -1,0 +1,184 @@
+"""Splatfacto that runs on any device and without network access; the base of every model in this package.
+
+Three things stop nerfstudio 1.1.5's splatfacto from running on a CPU-only machine: hard-coded ``.cuda()``
+calls (seed colours, camera intrinsics), gsplat's CUDA-only rasteriser, and LPIPS, whose backbone weights are
+downloaded when the model is built. This subclass replaces exactly those pieces and nothing else.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple, Type, Union
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor, nn
+
+from distilled_splat.rendering import rasterize
+
+
+class UnavailableLPIPS(nn.Module):
+    """Stands in for LPIPS when its network weights cannot be loaded; its score is dropped, never reported."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+    def forward(self, *_args) -> Tensor:
+        return torch.tensor(float("nan"))
+
+
+@contextmanager
+def lpips_or_unavailable() -> Iterator[None]:
+    """While active, building torchmetrics' LPIPS yields :class:`UnavailableLPIPS` instead of raising offline."""
+    import torchmetrics.image.lpip as lpip_module
+
+    real = lpip_module.LearnedPerceptualImagePatchSimilarity
+
+    def build(*args, **kwargs) -> nn.Module:
+        try:
+            return real(*args, **kwargs)
+        except Exception as err:  # the download can fail in many ways (DNS, refused, SSL, timeout)
+            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+            CONSOLE.print(f"[yellow]LPIPS unavailable, its backbone weights could not be loaded ({reason})")
+            return UnavailableLPIPS(reason)
+
+    lpip_module.LearnedPerceptualImagePatchSimilarity = build
+    try:
+        yield
+    finally:
+        lpip_module.LearnedPerceptualImagePatchSimilarity = real
+
+
+def gsplat_viewmats(camera_to_worlds: Float[Tensor, "C 3 4"]) -> Float[Tensor, "C 4 4"]:
+    """nerfstudio camera-to-world (OpenGL axes) to gsplat world-to-camera (OpenCV axes).
+
+    Splatfacto's ``get_viewmat`` does the same under ``torch.compile``, which on CPU means a C++ build.
+    """
+    flip = torch.tensor([1.0, -1.0, -1.0], device=camera_to_worlds.device, dtype=camera_to_worlds.dtype)
+    rotation = camera_to_worlds[:, :3, :3] * flip
+    translation = camera_to_worlds[:, :3, 3:4]
+    rotation_inv = rotation.transpose(1, 2)
+    top = torch.cat([rotation_inv, -torch.bmm(rotation_inv, translation)], dim=2)
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=top.device, dtype=top.dtype).expand(len(top), 1, 4)
+    return torch.cat([top, bottom], dim=1)
+
+
+@dataclass
+class PortableSplatfactoModelConfig(SplatfactoModelConfig):
+    """Splatfacto that trains and renders on CPU (own PyTorch rasteriser) and CUDA (gsplat), offline too."""
+
+    _target: Type = field(default_factory=lambda: PortableSplatfactoModel)
+
+
+class PortableSplatfactoModel(SplatfactoModel):
+    config: PortableSplatfactoModelConfig
+
+    def populate_modules(self) -> None:
+        seed = self.seed_points
+        colour_from_seed = seed is not None and not self.config.random_init and len(seed[1]) > 0
+        if colour_from_seed:
+            # splatfacto allocates seed colours with a hard-coded .cuda(); give it colourless seeds and colour
+            # the Gaussians here instead.
+            self.seed_points = (seed[0], seed[1][:0])
+        with lpips_or_unavailable():
+            super().populate_modules()
+        self.seed_points = seed
+        if colour_from_seed:
+            rgb = seed[1].float() / 255.0
+            dc = RGB2SH(rgb) if self.config.sh_degree > 0 else torch.logit(rgb, eps=1e-10)
+            self.gauss_params["features_dc"].data.copy_(dc)
+
+    @property
+    def lpips_available(self) -> bool:
+        return not isinstance(self.lpips, UnavailableLPIPS)
+
+    def splat_inputs(self, crop_ids: Optional[Tensor]) -> Dict[str, Tensor]:
+        """Activated per-Gaussian render inputs: means, quats, scales, opacities [N] and colours.
+
+        Subclasses that change what is rendered during training (dropout, for one) override this.
+        """
+
+        def pick(tensor: Tensor) -> Tensor:
+            return tensor if crop_ids is None else tensor[crop_ids]
+
+        colors = torch.cat((pick(self.features_dc)[:, None, :], pick(self.features_rest)), dim=1)
+        if self.config.sh_degree == 0:
+            colors = torch.sigmoid(colors).squeeze(1)
+        return {
+            "means": pick(self.means),
+            "quats": pick(self.quats),
+            "scales": torch.exp(pick(self.scales)),
+            "opacities": torch.sigmoid(pick(self.opacities)).squeeze(-1),
+            "colors": colors,
+        }
+
+    def get_outputs(self, camera: Cameras) -> Dict[str, Union[Tensor, List]]:
+        """Splatfacto's ``get_outputs`` without its CUDA-only calls, rendering through :func:`rasterize`."""
+        if not isinstance(camera, Cameras):
+            raise TypeError(f"get_outputs needs a Cameras object, got {type(camera).__name__}")
+        if self.training:
+            assert camera.shape[0] == 1, "Only one camera at a time"
+            camera_to_world = self.camera_optimizer.apply_to_camera(camera)
+        else:
+            camera_to_world = camera.camera_to_worlds
+
+        crop_ids = None
+        if self.crop_box is not None and not self.training:
+            crop_ids = self.crop_box.within(self.means).squeeze()
+            if crop_ids.sum() == 0:
+                width, height = int(camera.width.item()), int(camera.height.item())
+                return self.get_empty_outputs(width, height, self.background_color)
+
+        downscale = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / downscale)
+        intrinsics = camera.get_intrinsics_matrices().to(self.device)
+        width, height = int(camera.width.item()), int(camera.height.item())
+        self.last_size = (height, width)
+        camera.rescale_output_resolution(downscale)
+
+        render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
+        sh_degree = None
+        if self.config.sh_degree > 0:
+            sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+        render, alpha, self.info = rasterize(
+            **self.splat_inputs(crop_ids),
+            viewmats=gsplat_viewmats(camera_to_world),
+            Ks=intrinsics,
+            width=width,
+            height=height,
+            packed=False,
+            near_plane=0.01,
+            far_plane=1e10,
+            render_mode=render_mode,
+            sh_degree=sh_degree,
+            sparse_grad=False,
+            absgrad=self.strategy.absgrad,
+            rasterize_mode=self.config.rasterize_mode,
+        )
+        if self.training:
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+
+        background = self._get_background_color()
+        rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
+        if self.config.use_bilateral_grid and self.training and camera.metadata and "cam_idx" in camera.metadata:
+            rgb = self._apply_bilateral_grid(rgb, camera.metadata["cam_idx"], height, width)
+        depth = None
+        if render_mode == "RGB+ED":
+            depth = render[..., 3:4]
+            depth = torch.where(alpha > 0, depth, depth.detach().max()).squeeze(0)
+        if background.shape[0] == 3 and not self.training:
+            background = background.expand(height, width, 3)
+        return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        metrics, images = super().get_image_metrics_and_images(outputs, batch)
+        if not self.lpips_available:
+            metrics = {name: value for name, value in metrics.items() if not name.endswith("lpips")}
+        return metrics, images
