@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
+from rich.console import Console
 from rich.table import Table
 
 from distilled_splat.data.scene_checks import check_scene
@@ -14,7 +15,7 @@ from distilled_splat.data.synthetic import PRESETS, write_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.method_configs import distilled_teacher
 from distilled_splat.schedules import scale_to_run_length
-from distilled_splat.training import evaluate, resolve_device, train
+from distilled_splat.training import evaluate, gaussian_count, resolve_device, train
 
 
 @dataclass
@@ -49,7 +50,6 @@ class Demo:
         except DistilledSplatError:
             write_scene(scene, PRESETS["demo"])
         config = scale_to_run_length(distilled_teacher.config, self.steps)
-        config.data = scene
         config.pipeline.datamanager.data = scene
         config.output_dir = self.output / "runs"
         config.experiment_name = "demo"
@@ -58,14 +58,15 @@ class Demo:
         config.vis = "tensorboard"
         config_path = train(config)
         metrics = evaluate(config_path, self.output / "vanilla-teacher-eval.json")
+        metrics["gaussians"] = gaussian_count(config)
         table = Table(title=f"distilled-teacher on the demo scene ({self.steps} steps, {config.machine.device_type})")
-        for name in ("psnr", "ssim", "lpips", "num_rays_per_sec", "fps"):
-            if name in metrics:
-                table.add_column(name)
-        table.add_row(*(f"{metrics[c.header]:.4f}" for c in table.columns))
-        from rich.console import Console
-
+        shown = [name for name in ("psnr", "ssim", "lpips", "gaussians", "fps") if name in metrics]
+        for name in shown:
+            table.add_column(name)
+        table.add_row(*(str(metrics[name]) if name == "gaussians" else f"{metrics[name]:.4g}" for name in shown))
         Console().print(table)
+        if "lpips" not in metrics:
+            print("lpips: unavailable (its AlexNet weights could not be loaded)")
         print(f"config: {config_path}")
 
 

@@ -6,6 +6,7 @@ module from a plugin that it is itself discovering leaves it half-initialised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict
 
 from nerfstudio.configs.base_config import ViewerConfig
@@ -17,7 +18,8 @@ from nerfstudio.models.splatfacto import SplatfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from distilled_splat.data.datamanager import PortableDatamanagerConfig
+from distilled_splat.data.datamanager import PortableDatamanagerConfig, require_device
+from distilled_splat.data.scene_checks import check_scene
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModelConfig
 
 FULL_RUN_STEPS = 30_000
@@ -31,7 +33,10 @@ def splat_optimizers(max_steps: int = FULL_RUN_STEPS) -> Dict[str, Any]:
 
     warmup = max(1, round(1000 * max_steps / FULL_RUN_STEPS))
     return {
-        "means": {"optimizer": adam(1.6e-4), "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps)},
+        "means": {
+            "optimizer": adam(1.6e-4),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps),
+        },
         "features_dc": {"optimizer": adam(0.0025), "scheduler": None},
         "features_rest": {"optimizer": adam(0.0025 / 20), "scheduler": None},
         "opacities": {"optimizer": adam(0.05), "scheduler": None},
@@ -39,18 +44,35 @@ def splat_optimizers(max_steps: int = FULL_RUN_STEPS) -> Dict[str, Any]:
         "quats": {"optimizer": adam(0.001), "scheduler": None},
         "camera_opt": {
             "optimizer": adam(1e-4),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=max_steps, warmup_steps=warmup, lr_pre_warmup=0),
+            "scheduler": ExponentialDecaySchedulerConfig(
+                lr_final=5e-7, max_steps=max_steps, warmup_steps=warmup, lr_pre_warmup=0
+            ),
         },
         "bilateral_grid": {
             "optimizer": adam(2e-3),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max_steps, warmup_steps=warmup, lr_pre_warmup=0),
+            "scheduler": ExponentialDecaySchedulerConfig(
+                lr_final=1e-4, max_steps=max_steps, warmup_steps=warmup, lr_pre_warmup=0
+            ),
         },
     }
 
 
+@dataclass
+class CheckedTrainerConfig(TrainerConfig):
+    """TrainerConfig that checks the device and scene before nerfstudio writes anything for the run."""
+
+    def save_config(self) -> None:
+        # ns-train saves config.yml before building the pipeline; failing here leaves no half-made run folder.
+        require_device(self.machine.device_type)
+        datamanager = self.pipeline.datamanager
+        if isinstance(datamanager.dataparser, NerfstudioDataParserConfig):
+            check_scene(datamanager.data if datamanager.data is not None else datamanager.dataparser.data)
+        super().save_config()
+
+
 def splat_trainer_config(method_name: str, model: SplatfactoModelConfig) -> TrainerConfig:
     """A splatfacto-style trainer for ``model``; every method needs its own ``method_name`` for ``eval_setup``."""
-    return TrainerConfig(
+    return CheckedTrainerConfig(
         method_name=method_name,
         steps_per_eval_image=100,
         steps_per_eval_batch=0,

@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
+import copy
+
 from nerfstudio.engine.trainer import TrainerConfig
 
 from distilled_splat.method_configs import FULL_RUN_STEPS, splat_optimizers
 
-MIN_REFINE_EVERY = 10
-"""Densification needs gradients accumulated over several views; never refine more often than this."""
+MIN_REFINES_PER_RESET = 5
+"""gsplat pauses refinement for (training views + one refine interval) steps after each opacity reset; resets
+closer together than this many refinements would pause every refinement of a short run."""
 
 
 def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
-    """Set ``max_num_iterations`` and scale every step-count schedule by ``max_steps / 30_000``, in place.
+    """A copy of ``config`` running ``max_steps`` steps, every step-count schedule scaled by ``max_steps / 30_000``.
 
-    Covers densification (warm-up, refine interval, stop), opacity resets, the resolution and SH schedules,
-    learning-rate decay and checkpoint/eval intervals, so a short run still passes through every phase.
+    Covers densification (warm-up, stop), opacity resets, the resolution and SH schedules, learning-rate decay
+    and checkpoint/eval intervals, so a short run still passes through every phase. The refinement interval
+    itself is kept: densifying more often than every 100 steps gives the optimiser no time to fit the new
+    Gaussians, and the count then roughly doubles at every refinement.
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be positive, got {max_steps}")
     factor = max_steps / FULL_RUN_STEPS
+    config = copy.deepcopy(config)
 
-    def scaled(steps: int, floor: int = 1) -> int:
-        return max(floor, round(steps * factor))
+    def scaled(steps: int) -> int:
+        return max(1, round(steps * factor))
 
     model = config.pipeline.model
     reset_every_steps = model.reset_alpha_every * model.refine_every
     model.warmup_length = scaled(model.warmup_length)
-    model.refine_every = scaled(model.refine_every, MIN_REFINE_EVERY)
-    model.reset_alpha_every = max(1, round(reset_every_steps * factor / model.refine_every))
+    model.reset_alpha_every = max(MIN_REFINES_PER_RESET, round(reset_every_steps * factor / model.refine_every))
     model.resolution_schedule = scaled(model.resolution_schedule)
     model.sh_degree_interval = scaled(model.sh_degree_interval)
     model.stop_screen_size_at = scaled(model.stop_screen_size_at)

@@ -39,6 +39,12 @@ def train(config: TrainerConfig) -> Path:
     return config_path
 
 
+def gaussian_count(config: TrainerConfig) -> int:
+    """Number of Gaussians in the run's final checkpoint."""
+    state = torch.load(final_checkpoint(config), map_location="cpu", weights_only=True)["pipeline"]
+    return int(state["_model.gauss_params.means"].shape[0])
+
+
 def evaluate(config_path: Path, output_json: Path) -> Dict[str, float]:
     """``ns-eval`` on the held-out views: writes ``output_json`` and returns its ``results`` metrics."""
     from nerfstudio.scripts.eval import ComputePSNR

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from PIL import Image
 
 from distilled_splat.errors import DistilledSplatError
 
 
-def transforms_path(data: Path) -> Path:
+def transforms_path(data: Optional[Path]) -> Path:
     """The transforms.json of a scene given as a folder or as the file itself."""
+    if data is None:
+        raise DistilledSplatError("no scene given: pass --data with a nerfstudio-format scene folder")
     data = Path(data)
     path = data if data.suffix == ".json" else data / "transforms.json"
     if not data.exists():
@@ -41,7 +43,7 @@ def _frame_size(meta: Dict[str, Any], frame: Dict[str, Any]) -> tuple:
     return (int(width), int(height)) if width is not None and height is not None else (None, None)
 
 
-def check_scene(data: Path, check_images: bool = True) -> Dict[str, Any]:
+def check_scene(data: Optional[Path], check_images: bool = True) -> Dict[str, Any]:
     """Validate a nerfstudio-format scene and return its parsed transforms.json.
 
     Checks that transforms.json parses and has frames with poses, that every image exists and (when

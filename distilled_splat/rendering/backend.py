@@ -15,9 +15,9 @@ def uses_gsplat(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, **kwargs) -> Tuple[
-    Tensor, Tensor, Dict
-]:
+def rasterize(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, **kwargs
+) -> Tuple[Tensor, Tensor, Dict]:
     """Drop-in for ``gsplat.rasterization``: same arguments, same ``(colors, alphas, meta)`` result.
 
     On CUDA tensors this is gsplat itself. Elsewhere it is :func:`rasterize_torch`, which returns the same

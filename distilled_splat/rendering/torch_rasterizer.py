@@ -96,7 +96,9 @@ def _composite_band(
         spans_y = (y_last - y_first + 1).clamp(min=0)
         counts = spans_x * spans_y
         gid = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-        offsets = torch.arange(len(gid), device=counts.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        offsets = torch.arange(len(gid), device=counts.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
         px = x_first[gid] + offsets % spans_x[gid]
         py = y_first[gid] + torch.div(offsets, spans_x[gid], rounding_mode="floor")
 
@@ -169,14 +171,19 @@ def _composite_camera(
     recompute = len(bands) > 1 and torch.is_grad_enabled()
     pieces = []
     for row_start, row_stop in bands:
-        band = partial(_composite_band, width=width, row_start=row_start, row_stop=row_stop)
-        # The absgrad sink is written during backward, so it must not be an input checkpointing tracks.
-        band = partial(band, absgrad_sink=absgrad_sink, global_ids=visible)
+        # The absgrad sink is written during backward, so it is bound here rather than passed as a tracked input.
+        band = partial(
+            _composite_band,
+            width=width,
+            row_start=row_start,
+            row_stop=row_stop,
+            absgrad_sink=absgrad_sink,
+            global_ids=visible,
+        )
         args = (v_means2d, v_conics, v_opacities, v_colors, v_radii)
         pieces.append(checkpoint(band, *args, use_reentrant=False) if recompute else band(*args))
     out_colors = torch.cat([p[0] for p in pieces]).reshape(height, width, -1)
     out_alphas = torch.cat([p[1] for p in pieces]).reshape(height, width, 1)
-
     return out_colors, out_alphas
 
 

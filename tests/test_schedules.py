@@ -1,0 +1,41 @@
+"""Scaled schedules keep every training phase alive in short runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from distilled_splat.method_configs import distilled_teacher
+from distilled_splat.schedules import scale_to_run_length
+
+
+def refinement_steps(model, max_steps: int, num_train_views: int):
+    """Steps at which gsplat's DefaultStrategy, built the way splatfacto builds it, would densify."""
+    reset_every = model.reset_alpha_every * model.refine_every
+    pause = num_train_views + model.refine_every
+    return [
+        step
+        for step in range(max_steps)
+        if model.warmup_length < step < model.stop_split_at
+        and step % model.refine_every == 0
+        and step % reset_every >= pause
+    ]
+
+
+@pytest.mark.parametrize("steps", [1000, 2000, 7000, 30_000])
+def test_short_runs_still_densify_and_reset(steps):
+    config = scale_to_run_length(distilled_teacher.config, steps)
+    model = config.pipeline.model
+    refines = refinement_steps(model, steps, num_train_views=42)
+    assert len(refines) >= 3
+    assert model.stop_split_at == round(15_000 * steps / 30_000)
+    assert config.optimizers["means"]["scheduler"].max_steps == steps
+    assert config.max_num_iterations == steps
+
+
+def test_full_length_is_splatfacto_and_original_is_untouched():
+    config = scale_to_run_length(distilled_teacher.config, 30_000)
+    assert config.pipeline.model.reset_alpha_every == 30 and config.pipeline.model.warmup_length == 500
+    scale_to_run_length(distilled_teacher.config, 1000)
+    assert distilled_teacher.config.pipeline.model.stop_split_at == 15_000
+    with pytest.raises(ValueError):
+        scale_to_run_length(distilled_teacher.config, 0)
