@@ -44,7 +44,8 @@ def project(mean, quat, scale, viewmat, K, width, height, eps2d=0.3, near=0.01):
         return None
     conic = torch.stack([torch.stack([cov2d[1, 1], -cov2d[0, 1]]), torch.stack([-cov2d[1, 0], cov2d[0, 0]])]) / det
     half_trace = 0.5 * (cov2d[0, 0] + cov2d[1, 1])
-    radius = math.ceil(3 * math.sqrt(float(half_trace + max(float(half_trace**2 - det), 0.01) ** 0.5)))
+    half_trace, det_value = float(half_trace.detach()), float(det.detach())
+    radius = math.ceil(3 * math.sqrt(half_trace + max(half_trace**2 - det_value, 0.01) ** 0.5))
     mean2d = torch.stack([fx * x / z + cx, fy * y / z + cy])
     mx, my = float(mean2d[0]), float(mean2d[1])
     if mx + radius <= 0 or mx - radius >= width or my + radius <= 0 or my - radius >= height:
