@@ -20,18 +20,19 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from distilled_splat.data.datamanager import PortableDatamanagerConfig, require_device
 from distilled_splat.data.scene_checks import check_scene
+from distilled_splat.models.dropout_splatfacto import DropoutSplatfactoModelConfig
+from distilled_splat.models.perturbed_splatfacto import PerturbedSplatfactoModelConfig
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModelConfig
+from distilled_splat.schedules import FULL_RUN_STEPS, scale_to_run_length
 
-FULL_RUN_STEPS = 30_000
 
-
-def splat_optimizers(max_steps: int = FULL_RUN_STEPS) -> Dict[str, Any]:
-    """Splatfacto's optimisers and learning rates, with decay schedules ending at ``max_steps``."""
+def splat_optimizers() -> Dict[str, Any]:
+    """Splatfacto's optimisers, learning rates and decay schedules for a 30k-step run."""
 
     def adam(lr: float) -> AdamOptimizerConfig:
         return AdamOptimizerConfig(lr=lr, eps=1e-15)
 
-    warmup = max(1, round(1000 * max_steps / FULL_RUN_STEPS))
+    max_steps, warmup = FULL_RUN_STEPS, 1000
     return {
         "means": {
             "optimizer": adam(1.6e-4),
@@ -59,14 +60,22 @@ def splat_optimizers(max_steps: int = FULL_RUN_STEPS) -> Dict[str, Any]:
 
 @dataclass
 class CheckedTrainerConfig(TrainerConfig):
-    """TrainerConfig that checks the device and scene before nerfstudio writes anything for the run."""
+    """TrainerConfig that checks its inputs and fits its schedules to the run length before the run starts."""
+
+    scale_schedules: bool = True
+    """Treat every step count of the schedules (densification, opacity resets, SH, learning-rate decay, noise,
+    dropout and distillation phases) as written for a 30000-step run and scale it to --max-num-iterations, so
+    short runs pass through every phase. Turn off to use the step counts as given."""
 
     def save_config(self) -> None:
-        # ns-train saves config.yml before building the pipeline; failing here leaves no half-made run folder.
+        # ns-train saves config.yml before building the pipeline: failing here leaves no half-made run folder,
+        # and the saved config holds the schedules actually used.
         require_device(self.machine.device_type)
         datamanager = self.pipeline.datamanager
         if isinstance(datamanager.dataparser, NerfstudioDataParserConfig):
             check_scene(datamanager.data if datamanager.data is not None else datamanager.dataparser.data)
+        if self.scale_schedules and self.max_num_iterations != FULL_RUN_STEPS:
+            self.__dict__.update(scale_to_run_length(self, self.max_num_iterations).__dict__)
         super().save_config()
 
 
@@ -96,4 +105,14 @@ def splat_trainer_config(method_name: str, model: SplatfactoModelConfig) -> Trai
 distilled_teacher = MethodSpecification(
     config=splat_trainer_config("distilled-teacher", PortableSplatfactoModelConfig()),
     description="Distilled-3DGS vanilla teacher: splatfacto that also trains on CPU (every 8th view held out).",
+)
+
+distilled_teacher_noise = MethodSpecification(
+    config=splat_trainer_config("distilled-teacher-noise", PerturbedSplatfactoModelConfig()),
+    description="Distilled-3DGS perturbed teacher: noise on the raw parameters of clone candidates.",
+)
+
+distilled_teacher_dropout = MethodSpecification(
+    config=splat_trainer_config("distilled-teacher-dropout", DropoutSplatfactoModelConfig()),
+    description="Distilled-3DGS dropout teacher (DropGaussian): opacity dropout with 1/(1-p) compensation.",
 )

@@ -31,30 +31,24 @@ def tiny_scene(tmp_path_factory) -> Path:
     return write_scene(tmp_path_factory.mktemp("scenes") / "tiny", PRESETS["tiny"])
 
 
-@pytest.fixture(scope="session")
-def trained_teacher(tmp_path_factory, tiny_scene) -> Path:
-    """config.yml of a distilled-teacher trained by ``ns-train`` on the tiny scene on CPU."""
-    output = tmp_path_factory.mktemp("runs")
+def ns_train(method: str, scene: Path, output: Path, *settings: str, steps: int = TEACHER_STEPS) -> Path:
+    """Train ``method`` with ``ns-train`` on CPU and return the run's config.yml."""
     run_command(
-        "ns-train",
-        "distilled-teacher",
-        "--data",
-        str(tiny_scene),
-        "--output-dir",
-        str(output),
-        "--timestamp",
-        "run",
-        "--max-num-iterations",
-        str(TEACHER_STEPS),
-        "--machine.device-type",
-        "cpu",
-        "--vis",
-        "tensorboard",
-        "--pipeline.model.warmup-length",
-        "10",
-        "--pipeline.model.refine-every",
-        "20",
-    )
-    config = output / "tiny" / "distilled-teacher" / "run" / "config.yml"
+        "ns-train", method, "--data", str(scene), "--output-dir", str(output), "--timestamp", "run",
+        "--max-num-iterations", str(steps), "--machine.device-type", "cpu", "--vis", "tensorboard", *settings,
+    )  # fmt: skip
+    config = output / scene.name / method / "run" / "config.yml"
     assert config.is_file()
     return config
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory, tiny_scene) -> Path:
+    """config.yml of a distilled-teacher trained by ``ns-train`` on the tiny scene on CPU.
+
+    Schedules are given verbatim so that 60 steps include densification.
+    """
+    return ns_train(
+        "distilled-teacher", tiny_scene, tmp_path_factory.mktemp("runs"), "--scale-schedules", "False",
+        "--pipeline.model.warmup-length", "10", "--pipeline.model.refine-every", "20",
+    )  # fmt: skip

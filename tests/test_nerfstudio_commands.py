@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from plyfile import PlyData
 
-from tests.conftest import BIN, TEACHER_STEPS, run_command
+from tests.conftest import BIN, TEACHER_STEPS, ns_train, run_command
 
 
 def checkpoint_state(config):
@@ -51,6 +51,26 @@ def test_ns_export_writes_standard_gaussian_ply(trained_teacher, tmp_path):
     assert len(vertices.data) <= count and len(vertices.data) > 0.9 * count  # export drops non-finite splats only
     exported = np.stack([vertices["x"], vertices["y"], vertices["z"]], axis=1)
     assert np.allclose(exported, state["_model.gauss_params.means"].numpy()[: len(exported)], atol=1e-5)
+
+
+def ply_vertex_count_and_names(ply):
+    vertices = PlyData.read(str(ply))["vertex"]
+    return len(vertices.data), {p.name for p in vertices.properties}
+
+
+@pytest.mark.parametrize("method", ["distilled-teacher-noise", "distilled-teacher-dropout"])
+def test_teacher_variants_train_with_scaled_schedules_evaluate_and_export(tiny_scene, tmp_path, method):
+    config = ns_train(method, tiny_scene, tmp_path / "runs")
+    saved = config.read_text()
+    # 60 steps of a 30000-step recipe: densification stops at step 30 and the saved config says so.
+    assert "stop_split_at: 30\n" in saved and "scale_schedules: false" in saved
+    assert ("perturb_every: 1\n" in saved) == (method == "distilled-teacher-noise")
+    assert ("dropout_ramp_end: 30\n" in saved) == (method == "distilled-teacher-dropout")
+    run_command("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
+    assert 10.0 < json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"] < 60.0
+    run_command("ns-export", "gaussian-splat", "--load-config", str(config), "--output-dir", str(tmp_path))
+    count, names = ply_vertex_count_and_names(tmp_path / "splat.ply")
+    assert count > 0 and {"x", "opacity", "f_dc_0", "scale_0", "rot_0"} <= names
 
 
 def free_port() -> int:
@@ -117,6 +137,24 @@ def test_ns_train_bad_scene_fails_in_one_line_and_writes_nothing(tiny_scene, tmp
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "method, setting, expected",
+    [
+        ("distilled-teacher-noise", "--pipeline.model.perturb-every=0", "perturb-every >= 1"),
+        ("distilled-teacher-dropout", "--pipeline.model.dropout-rate-cap=1.0", "dropout-rate-cap < 1"),
+    ],
+)
+def test_ns_train_impossible_setting_fails_in_one_line(tiny_scene, tmp_path, method, setting, expected):
+    result = run_command(
+        "ns-train", method, "--data", str(tiny_scene), "--output-dir", str(tmp_path / "runs"),
+        "--machine.device-type", "cpu", setting, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("distilled-splat: error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from gsplat.strategy import DefaultStrategy
@@ -14,15 +12,7 @@ from distilled_splat.method_configs import distilled_teacher
 from distilled_splat.models import portable_splatfacto
 from distilled_splat.models.portable_splatfacto import UnavailableLPIPS, gsplat_viewmats
 from distilled_splat.rendering import rasterize
-from distilled_splat.schedules import scale_to_run_length
-
-
-def build_pipeline(scene: Path, steps: int = 200, **model_settings):
-    config = scale_to_run_length(distilled_teacher.config, steps)
-    config.pipeline.datamanager.data = scene
-    for name, value in model_settings.items():
-        setattr(config.pipeline.model, name, value)
-    return config, config.pipeline.setup(device="cpu", test_mode="val")
+from tests.helpers import build_pipeline, train_steps
 
 
 class FakeLPIPS(nn.Module):
@@ -43,7 +33,7 @@ def test_lpips_is_reported_only_when_it_can_be_built(monkeypatch, tiny_scene, lp
     import torchmetrics.image.lpip as lpip_module
 
     monkeypatch.setattr(lpip_module, "LearnedPerceptualImagePatchSimilarity", lpips_class)
-    _, pipeline = build_pipeline(tiny_scene)
+    _, pipeline, _ = build_pipeline(distilled_teacher.config, tiny_scene)
     assert isinstance(pipeline.model.lpips, UnavailableLPIPS) != reported
     assert portable_splatfacto.lpips_or_unavailable  # the patch is undone after construction:
     assert lpip_module.LearnedPerceptualImagePatchSimilarity is lpips_class
@@ -54,7 +44,7 @@ def test_lpips_is_reported_only_when_it_can_be_built(monkeypatch, tiny_scene, lp
 
 
 def test_seed_points_colour_the_gaussians_on_cpu(tiny_scene):
-    _, pipeline = build_pipeline(tiny_scene)
+    _, pipeline, _ = build_pipeline(distilled_teacher.config, tiny_scene)
     model = pipeline.model
     seeds = pipeline.datamanager.train_dataparser_outputs.metadata["points3D_rgb"]
     assert model.means.device.type == "cpu" and model.num_points == len(seeds)
@@ -62,12 +52,10 @@ def test_seed_points_colour_the_gaussians_on_cpu(tiny_scene):
 
 
 def test_training_on_cpu_improves_held_out_psnr_and_densifies(tiny_scene):
-    config, pipeline = build_pipeline(tiny_scene, steps=300, refine_every=30, stop_split_at=250)
+    config, pipeline, optimizers = build_pipeline(
+        distilled_teacher.config, tiny_scene, steps=300, refine_every=30, stop_split_at=250
+    )
     model = pipeline.model
-    from nerfstudio.engine.optimizers import Optimizers
-
-    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
-    torch.manual_seed(0)
 
     def held_out_psnr():
         pipeline.eval()
@@ -76,13 +64,7 @@ def test_training_on_cpu_improves_held_out_psnr_and_densifies(tiny_scene):
         return psnr
 
     before, start_count = held_out_psnr(), model.num_points
-    for step in range(config.max_num_iterations):
-        model.step_cb(optimizers, step)
-        optimizers.zero_grad_all()
-        _, loss_dict, _ = pipeline.get_train_loss_dict(step)
-        sum(loss_dict.values()).backward()
-        optimizers.optimizer_step_all()
-        model.step_post_backward(step)
+    train_steps(pipeline, optimizers, range(config.max_num_iterations))
     after = held_out_psnr()
     assert after > before + 3.0, (before, after)
     assert model.num_points != start_count

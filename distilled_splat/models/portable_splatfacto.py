@@ -74,6 +74,10 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
 
     _target: Type = field(default_factory=lambda: PortableSplatfactoModel)
 
+    def step_schedule_fields(self) -> Tuple[str, ...]:
+        """Step counts that :func:`distilled_splat.schedules.scale_to_run_length` scales with the run length."""
+        return ("warmup_length", "resolution_schedule", "sh_degree_interval", "stop_screen_size_at", "stop_split_at")
+
 
 class PortableSplatfactoModel(SplatfactoModel):
     config: PortableSplatfactoModelConfig
