@@ -19,7 +19,8 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from distilled_splat.data.datamanager import PortableDatamanagerConfig, require_device
-from distilled_splat.data.scene_checks import check_scene
+from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfig
+from distilled_splat.models.distilled_splatfacto import DistilledSplatfactoModelConfig
 from distilled_splat.models.dropout_splatfacto import DropoutSplatfactoModelConfig
 from distilled_splat.models.perturbed_splatfacto import PerturbedSplatfactoModelConfig
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModelConfig
@@ -72,14 +73,16 @@ class CheckedTrainerConfig(TrainerConfig):
         # and the saved config holds the schedules actually used.
         require_device(self.machine.device_type)
         datamanager = self.pipeline.datamanager
-        if isinstance(datamanager.dataparser, NerfstudioDataParserConfig):
-            check_scene(datamanager.data if datamanager.data is not None else datamanager.dataparser.data)
+        if isinstance(datamanager, PortableDatamanagerConfig):
+            datamanager.prepare_run(self.get_base_dir())
         if self.scale_schedules and self.max_num_iterations != FULL_RUN_STEPS:
             self.__dict__.update(scale_to_run_length(self, self.max_num_iterations).__dict__)
         super().save_config()
 
 
-def splat_trainer_config(method_name: str, model: SplatfactoModelConfig) -> TrainerConfig:
+def splat_trainer_config(
+    method_name: str, model: SplatfactoModelConfig, datamanager: type = PortableDatamanagerConfig
+) -> TrainerConfig:
     """A splatfacto-style trainer for ``model``; every method needs its own ``method_name`` for ``eval_setup``."""
     return CheckedTrainerConfig(
         method_name=method_name,
@@ -90,7 +93,7 @@ def splat_trainer_config(method_name: str, model: SplatfactoModelConfig) -> Trai
         max_num_iterations=FULL_RUN_STEPS,
         mixed_precision=False,
         pipeline=VanillaPipelineConfig(
-            datamanager=PortableDatamanagerConfig(
+            datamanager=datamanager(
                 dataparser=NerfstudioDataParserConfig(load_3D_points=True, eval_mode="interval", eval_interval=8),
                 cache_images_type="uint8",
             ),
@@ -115,4 +118,9 @@ distilled_teacher_noise = MethodSpecification(
 distilled_teacher_dropout = MethodSpecification(
     config=splat_trainer_config("distilled-teacher-dropout", DropoutSplatfactoModelConfig()),
     description="Distilled-3DGS dropout teacher (DropGaussian): opacity dropout with 1/(1-p) compensation.",
+)
+
+distilled_splatfacto = MethodSpecification(
+    config=splat_trainer_config("distilled-splatfacto", DistilledSplatfactoModelConfig(), DistilledDatamanagerConfig),
+    description="Distilled-3DGS student: learns from real images and cached teacher renders, pruned to a budget.",
 )

@@ -24,7 +24,7 @@ def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
     """A copy of ``config`` running ``max_steps`` steps, every step-count schedule scaled by ``max_steps / 30_000``.
 
     Covers densification (warm-up, stop), opacity resets, the resolution and SH schedules, learning-rate decay,
-    checkpoint/eval intervals and whatever the model config lists in ``step_schedule_fields()`` (noise and
+    checkpoint/eval intervals and whatever the model config lists in ``step_schedule_fields()`` (None means off) (noise and
     dropout windows, distillation phases), so a short run still passes through every phase. The refinement
     interval itself is kept: densifying more often than every 100 steps gives the optimiser no time to fit the
     new Gaussians, and the count then roughly doubles at every refinement.
@@ -41,7 +41,8 @@ def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
     reset_every_steps = model.reset_alpha_every * model.refine_every
     model.reset_alpha_every = max(MIN_REFINES_PER_RESET, round(reset_every_steps * factor / model.refine_every))
     for name in model.step_schedule_fields():
-        setattr(model, name, scaled(getattr(model, name)))
+        if getattr(model, name) is not None:
+            setattr(model, name, scaled(getattr(model, name)))
     for optimizer in config.optimizers.values():
         scheduler = optimizer["scheduler"]
         if isinstance(scheduler, ExponentialDecaySchedulerConfig):

@@ -52,3 +52,14 @@ def trained_teacher(tmp_path_factory, tiny_scene) -> Path:
         "distilled-teacher", tiny_scene, tmp_path_factory.mktemp("runs"), "--scale-schedules", "False",
         "--pipeline.model.warmup-length", "10", "--pipeline.model.refine-every", "20",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def teacher_runs(tmp_path_factory, tiny_scene):
+    """config.yml of the three teachers (vanilla first), trained in-process for 60 steps on the tiny scene."""
+    from distilled_splat.method_configs import distilled_teacher, distilled_teacher_dropout, distilled_teacher_noise
+    from tests.helpers import train_run
+
+    output = tmp_path_factory.mktemp("teachers")
+    specs = (distilled_teacher, distilled_teacher_noise, distilled_teacher_dropout)
+    return tuple(train_run(spec.config, tiny_scene, output, TEACHER_STEPS) for spec in specs)

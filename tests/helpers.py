@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Dict, Optional
 
 import torch
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import TrainerConfig
 
 from distilled_splat.schedules import scale_to_run_length
+from distilled_splat.training import train
 
 
-def build_pipeline(method_config: TrainerConfig, scene: Path, steps: int = 200, seed: int = 0, **model_settings):
+def build_pipeline(
+    method_config: TrainerConfig,
+    scene: Path,
+    steps: int = 200,
+    seed: int = 0,
+    datamanager: Optional[Dict] = None,
+    **model_settings,
+):
     """A CPU pipeline for ``method_config`` on ``scene``, schedules scaled to ``steps``, with its optimisers."""
     random.seed(seed)
     torch.manual_seed(seed)
     config = scale_to_run_length(method_config, steps)
     config.pipeline.datamanager.data = scene
+    for name, value in (datamanager or {}).items():
+        setattr(config.pipeline.datamanager, name, value)
     for name, value in model_settings.items():
         setattr(config.pipeline.model, name, value)
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
@@ -27,13 +39,31 @@ def build_pipeline(method_config: TrainerConfig, scene: Path, steps: int = 200, 
 
 
 def train_steps(pipeline, optimizers: Optimizers, steps: range) -> None:
-    """The trainer's loop body: forward, backward, optimiser step, then the model's post-step callback."""
-    model = pipeline.model
+    """The trainer's loop body: callbacks before, forward, backward, optimiser step, callbacks after."""
+    attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
+    callbacks = pipeline.get_training_callbacks(attributes)
     pipeline.train()
     for step in steps:
-        model.step_cb(optimizers, step)
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
         optimizers.zero_grad_all()
         _, loss_dict, _ = pipeline.get_train_loss_dict(step)
         sum(loss_dict.values()).backward()
         optimizers.optimizer_step_all()
-        model.step_post_backward(step)
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+
+
+def train_run(
+    method_config: TrainerConfig, scene: Path, output: Path, steps: int, timestamp: str = "run", **model_settings
+) -> Path:
+    """A full nerfstudio training run in this process (checkpoints, config.yml); returns the config.yml."""
+    config = scale_to_run_length(method_config, steps)
+    config.pipeline.datamanager.data = scene
+    config.output_dir = output
+    config.timestamp = timestamp
+    config.vis = "tensorboard"
+    config.machine.device_type = "cpu"
+    for name, value in model_settings.items():
+        setattr(config.pipeline.model, name, value)
+    return train(config)

@@ -73,6 +73,35 @@ def test_teacher_variants_train_with_scaled_schedules_evaluate_and_export(tiny_s
     assert count > 0 and {"x", "opacity", "f_dc_0", "scale_0", "rot_0"} <= names
 
 
+def test_student_trains_evaluates_and_exports_within_its_budget(tiny_scene, teacher_runs, tmp_path):
+    config = ns_train(
+        "distilled-splatfacto", tiny_scene, tmp_path / "runs",
+        "--pipeline.datamanager.teachers", *map(str, teacher_runs), "--pipeline.model.target-gaussians", "30",
+    )  # fmt: skip
+    assert (config.parent.parent / "teacher-cache" / "manifest.json").is_file()
+    run_command("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
+    assert 10.0 < json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"] < 60.0
+    run_command("ns-export", "gaussian-splat", "--load-config", str(config), "--output-dir", str(tmp_path))
+    count, _ = ply_vertex_count_and_names(tmp_path / "splat.ply")
+    checkpoint = torch.load(next((config.parent / "nerfstudio_models").glob("*.ckpt")), map_location="cpu")
+    assert count == checkpoint["pipeline"]["_model.gauss_params.means"].shape[0] <= 30
+
+
+@pytest.mark.parametrize(
+    "teachers, expected",
+    [([], "no teachers given"), (["/nonexistent/run"], "teacher run not found: /nonexistent/run")],
+)
+def test_student_without_usable_teachers_fails_in_one_line(tiny_scene, tmp_path, teachers, expected):
+    result = run_command(
+        "ns-train", "distilled-splatfacto", "--data", str(tiny_scene), "--output-dir", str(tmp_path / "runs"),
+        "--machine.device-type", "cpu", *(["--pipeline.datamanager.teachers", *teachers] if teachers else []),
+        check=False,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("distilled-splat: error:")]
+    assert result.returncode != 0 and len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Type, Union
 
 import torch
@@ -31,6 +32,11 @@ class PortableDatamanagerConfig(FullImageDatamanagerConfig):
     """FullImageDatamanager that runs without CUDA and validates a nerfstudio-format scene before loading it."""
 
     _target: Type = field(default_factory=lambda: PortableDatamanager)
+
+    def prepare_run(self, run_dir: Path) -> None:
+        """Check every input and fill in run-dependent defaults before nerfstudio writes anything for the run."""
+        if isinstance(self.dataparser, NerfstudioDataParserConfig):
+            check_scene(self.data if self.data is not None else self.dataparser.data)
 
 
 class PortableDatamanager(FullImageDatamanager):

@@ -1,0 +1,237 @@
+"""Teacher renders of every training view, rendered once, aggregated, and cached on disk as RGBA images.
+
+Layout of a cache folder: ``manifest.json`` (written last: a folder without one is never trusted),
+``views/NNNNN.png`` (straight-alpha RGBA at the training resolution) and ``teacher_means.npy`` (the first
+teacher's Gaussian centres, for the structural loss). A build happens in a hidden sibling folder that replaces
+the cache only once complete, so an interrupted build leaves either the previous cache or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from distilled_splat.errors import DistilledSplatError
+from distilled_splat.teachers import check_same_cameras, final_checkpoint, fingerprint, load_teacher, teacher_means
+
+FORMAT_VERSION = 1
+Aggregation = Literal["mean", "median"]
+
+
+def cameras_fingerprint(cameras: Cameras, image_names: Sequence[str]) -> str:
+    """sha256 of the poses, intrinsics, sizes (rounded so float noise does not count) and image file names."""
+    values = torch.cat(
+        [
+            cameras.camera_to_worlds.flatten(1),
+            cameras.fx,
+            cameras.fy,
+            cameras.cx,
+            cameras.cy,
+            cameras.width.float(),
+            cameras.height.float(),
+        ],
+        dim=1,
+    )
+    digest = hashlib.sha256(np.round(values.detach().cpu().double().numpy(), 5).tobytes())
+    digest.update("\n".join(image_names).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class CacheKey:
+    """Everything the cached images depend on."""
+
+    teachers: List[Dict[str, str]]
+    cameras: str
+    aggregation: str
+
+    def matches(self, manifest: dict) -> bool:
+        return (
+            manifest.get("format") == FORMAT_VERSION
+            and manifest.get("aggregation") == self.aggregation
+            and manifest.get("cameras") == self.cameras
+            and [t.get("sha256") for t in manifest.get("teachers", [])] == [t["sha256"] for t in self.teachers]
+        )
+
+
+def cache_key(
+    teacher_configs: Sequence[Path], cameras: Cameras, image_names: Sequence[str], aggregation: str
+) -> CacheKey:
+    teachers = []
+    for config in teacher_configs:
+        checkpoint = final_checkpoint(config)
+        teachers.append({"config": str(config), "checkpoint": str(checkpoint), "sha256": fingerprint(checkpoint)})
+    return CacheKey(teachers, cameras_fingerprint(cameras, image_names), aggregation)
+
+
+def read_valid_manifest(cache_dir: Path, key: CacheKey) -> Optional[dict]:
+    """The cache's manifest if the cache is complete and was built from exactly ``key``; otherwise None."""
+    try:
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not key.matches(manifest):
+        return None
+    files = [*manifest.get("views", []), manifest.get("teacher_means", {})]
+    for entry in files:
+        path = cache_dir / entry.get("file", "")
+        if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+            return None
+    return manifest
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    )
+
+
+@torch.no_grad()
+def render_premultiplied(pipeline, camera: Cameras) -> np.ndarray:
+    """[H, W, 4] float16: colour premultiplied by alpha, then alpha. Rendered over black to keep it exact."""
+    model = pipeline.model
+    background = model.config.background_color
+    model.config.background_color = "black"
+    try:
+        outputs = model.get_outputs(camera.to(model.device))
+    finally:
+        model.config.background_color = background
+    rgba = torch.cat([outputs["rgb"], outputs["accumulation"]], dim=-1).clamp(0, 1)
+    return rgba.cpu().numpy().astype(np.float16)
+
+
+def aggregate(renders: np.ndarray, aggregation: str) -> np.ndarray:
+    """[K, H, W, 4] premultiplied renders to one straight-alpha uint8 RGBA image.
+
+    Averaging premultiplied colour and alpha is compositing-consistent: over any background, the aggregate
+    composites to the average of the teachers' composites.
+    """
+    renders = renders.astype(np.float32)
+    combined = renders.mean(0) if aggregation == "mean" else np.median(renders, axis=0)
+    alpha = combined[..., 3:]
+    colour = np.where(alpha > 0, combined[..., :3] / np.maximum(alpha, 1e-8), 0.0)
+    return np.round(np.clip(np.concatenate([colour, alpha], -1), 0, 1) * 255).astype(np.uint8)
+
+
+def build(
+    cache_dir: Path,
+    key: CacheKey,
+    teacher_configs: Sequence[Path],
+    cameras: Cameras,
+    device: torch.device,
+) -> dict:
+    """Render every teacher at every camera (one teacher in memory at a time), aggregate, write atomically."""
+    staging = cache_dir.parent / f".{cache_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        (staging / "views").mkdir(parents=True)
+        with progress_bar() as progress:
+            for index, config in enumerate(teacher_configs):
+                pipeline, _ = load_teacher(config, device)
+                check_same_cameras(pipeline.datamanager.train_dataparser_outputs.cameras, cameras, str(config.parent))
+                (staging / f"teacher_{index}").mkdir()
+                task = progress.add_task(f"Rendering teacher {index + 1}/{len(teacher_configs)}", total=len(cameras))
+                for view in range(len(cameras)):
+                    np.save(
+                        staging / f"teacher_{index}" / f"{view:05d}.npy",
+                        render_premultiplied(pipeline, cameras[view : view + 1]),
+                    )
+                    progress.advance(task)
+                del pipeline
+            views = []
+            task = progress.add_task(f"Aggregating ({key.aggregation})", total=len(cameras))
+            for view in range(len(cameras)):
+                stack = np.stack(
+                    [np.load(staging / f"teacher_{i}" / f"{view:05d}.npy") for i in range(len(teacher_configs))]
+                )
+                name = f"views/{view:05d}.png"
+                Image.fromarray(aggregate(stack, key.aggregation), mode="RGBA").save(staging / name)
+                views.append({"file": name, "bytes": (staging / name).stat().st_size})
+                progress.advance(task)
+        for index in range(len(teacher_configs)):
+            shutil.rmtree(staging / f"teacher_{index}")
+        np.save(staging / "teacher_means.npy", teacher_means(teacher_configs[0]).numpy())
+        manifest = {
+            "format": FORMAT_VERSION,
+            "aggregation": key.aggregation,
+            "cameras": key.cameras,
+            "teachers": key.teachers,
+            "views": views,
+            "teacher_means": {"file": "teacher_means.npy", "bytes": (staging / "teacher_means.npy").stat().st_size},
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        replace_dir(staging, cache_dir)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``; at every instant ``target`` is either the old complete folder or absent."""
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class TeacherImages:
+    """The cache's contents in memory: aggregated RGBA per training view and the first teacher's centres."""
+
+    images: List[torch.Tensor]
+    teacher_means: torch.Tensor
+    rebuilt: bool
+
+
+def load_or_build(
+    cache_dir: Path,
+    teacher_configs: Sequence[Path],
+    cameras: Cameras,
+    image_names: Sequence[str],
+    aggregation: Aggregation,
+    device: torch.device,
+) -> TeacherImages:
+    """Reuse the cache if it was built from these teachers, cameras and aggregation; rebuild it otherwise."""
+    if not teacher_configs:
+        raise DistilledSplatError("no teachers given: pass --pipeline.datamanager.teachers with trained teacher runs")
+    key = cache_key(teacher_configs, cameras, image_names, aggregation)
+    manifest = read_valid_manifest(cache_dir, key)
+    contents = None if manifest is None else read_contents(cache_dir, manifest, cameras)
+    if contents is not None:
+        return TeacherImages(*contents, rebuilt=False)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    manifest = build(cache_dir, key, teacher_configs, cameras, device)
+    contents = read_contents(cache_dir, manifest, cameras)
+    if contents is None:
+        raise DistilledSplatError(f"teacher cache {cache_dir} could not be read back right after building it")
+    return TeacherImages(*contents, rebuilt=True)
+
+
+def read_contents(
+    cache_dir: Path, manifest: dict, cameras: Cameras
+) -> Optional[Tuple[List[torch.Tensor], torch.Tensor]]:
+    """Decoded images and teacher centres, or None if any file is corrupt or of the wrong size."""
+    images = []
+    try:
+        for view, entry in enumerate(manifest["views"]):
+            image = torch.from_numpy(np.array(Image.open(cache_dir / entry["file"]).convert("RGBA")))
+            if tuple(image.shape[:2]) != (int(cameras.height[view]), int(cameras.width[view])):
+                return None
+            images.append(image)
+        means = torch.from_numpy(np.load(cache_dir / manifest["teacher_means"]["file"]))
+    except (OSError, ValueError, KeyError, SyntaxError):  # PIL and numpy report corrupt files in these
+        return None
+    if len(images) != len(cameras) or means.ndim != 2 or means.shape[1] != 3:
+        return None
+    return images, means

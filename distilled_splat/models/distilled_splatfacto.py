@@ -1,0 +1,206 @@
+"""The student (distilled-splatfacto): splatfacto trained against real images and the teachers' aggregate,
+with a structural loss towards the vanilla teacher's Gaussian layout and aggressive importance pruning."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Type
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.models.splatfacto import random_quat_tensor
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from distilled_splat.errors import DistilledSplatError
+from distilled_splat.importance import ImportanceMode, view_importance
+from distilled_splat.losses import StructureMode, photometric_loss, structure_loss
+from distilled_splat.models.capped_strategy import CappedDefaultStrategy
+from distilled_splat.models.portable_splatfacto import (
+    PortableSplatfactoModel,
+    PortableSplatfactoModelConfig,
+    gsplat_viewmats,
+)
+from distilled_splat.ops.prune import cumulative_mass_mask, importance_sample_mask, keep_only, reinitialise, top_k_mask
+from distilled_splat.schedules import in_window
+
+
+@dataclass
+class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
+    """Distilled-3DGS student. Step counts are for a 30000-step run and scale with --max-num-iterations."""
+
+    _target: Type = field(default_factory=lambda: DistilledSplatfactoModel)
+    distill_weight: float = 0.4
+    """w in (1 - w) * photometric(student, real image) + w * photometric(student, teacher aggregate);
+    photometric = (1 - ssim-lambda) * L1 + ssim-lambda * (1 - SSIM) for both."""
+    structure_weight: float = 1.0
+    """Weight of the structural loss (1 - cosine of soft voxel histograms of student and vanilla teacher centres)."""
+    structure_mode: StructureMode = "marginal"
+    """'marginal': the reference's histogram, the outer product of per-axis histograms (O(N * grid) memory).
+    'joint': a true 3D histogram, which also matches how the axes co-vary (a dense grid^3 buffer)."""
+    structure_grid: int = 256
+    """Voxels per axis of the histogram grid."""
+    structure_sigma: float = 0.5
+    """Kernel standard deviation, in voxels."""
+    structure_margin: float = 0.01
+    """Absolute margin added to the union bounding box of both point sets."""
+    structure_start: int = 21000
+    """First step with the structural loss (reference: steps 21000-29000, every 1000)."""
+    structure_stop: int = 29000
+    """Last step (inclusive) with the structural loss."""
+    structure_every: int = 1000
+    """The structural loss is added at structure-start, structure-start + structure-every, ..."""
+    importance: ImportanceMode = "blend-weight"
+    """Per-Gaussian importance for pruning: total blending weight over all training views ('blend-weight', the
+    reference's indoor metric) or that weight divided by the projected area ('area-normalised', its outdoor one)."""
+    sample_at: Optional[int] = 15000
+    """Step of the first prune: sample sample-fraction of the visible Gaussians without replacement, with
+    probability proportional to importance, then re-initialise them (scales from neighbour distances, opacity
+    0.1, colour kept) and restart their optimiser state. None skips it."""
+    sample_fraction: float = 0.5
+    """Share of the visible Gaussians the first prune keeps."""
+    prune_at: int = 20000
+    """Step of the second prune: keep the most important Gaussians holding keep-mass of the total importance,
+    then cut to the budget (target-gaussians / target-fraction) if one is set."""
+    keep_mass: float = 0.99
+    """Share of the total importance the second prune keeps."""
+    max_gaussians: int = 4_500_000
+    """Densification stops growing beyond this many Gaussians."""
+    target_gaussians: Optional[int] = None
+    """Budget: at most this many Gaussians from the second prune on."""
+    target_fraction: Optional[float] = 0.1
+    """Budget as a fraction of the vanilla teacher's Gaussian count (ignored when target-gaussians is set).
+    The default aims at the method's promise: a tenth of the Gaussians. None leaves the count to the pruning."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.distill_weight <= 1:
+            problems.append(f"distill-weight in [0, 1] (got {self.distill_weight})")
+        if self.structure_every < 1 or self.structure_start > self.structure_stop:
+            problems.append("structure-every >= 1 and structure-start <= structure-stop")
+        if self.structure_grid < 2 or self.structure_sigma <= 0:
+            problems.append("structure-grid >= 2 and structure-sigma > 0")
+        if not 0 < self.sample_fraction <= 1 or not 0 < self.keep_mass <= 1:
+            problems.append("sample-fraction and keep-mass in (0, 1]")
+        if self.target_gaussians is not None and self.target_gaussians < 1:
+            problems.append(f"target-gaussians >= 1 (got {self.target_gaussians})")
+        if self.target_fraction is not None and not 0 < self.target_fraction <= 1:
+            problems.append(f"target-fraction in (0, 1] (got {self.target_fraction})")
+        if problems:
+            raise DistilledSplatError(f"--pipeline.model: need {'; '.join(problems)}")
+
+    def step_schedule_fields(self) -> Tuple[str, ...]:
+        fields = ("structure_start", "structure_stop", "structure_every", "sample_at", "prune_at")
+        return (*super().step_schedule_fields(), *fields)
+
+
+class DistilledSplatfactoModel(PortableSplatfactoModel):
+    config: DistilledSplatfactoModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        fields = {f.name: getattr(self.strategy, f.name) for f in dataclasses.fields(self.strategy)}
+        self.strategy = CappedDefaultStrategy(**fields, max_count=self.config.max_gaussians)
+        self.teacher_means: Optional[Tensor] = self.kwargs.get("metadata", {}).get("teacher_means")
+        self.training_cameras: Optional[Cameras] = None
+
+    def budget(self) -> Optional[int]:
+        """Most Gaussians allowed after the second prune, or None for no budget."""
+        if self.config.target_gaussians is not None:
+            return self.config.target_gaussians
+        if self.config.target_fraction is None or self.teacher_means is None:
+            return None
+        return max(1, round(self.config.target_fraction * len(self.teacher_means)))
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        # Pruning scores every training view, so the model keeps a handle on the training cameras.
+        self.training_cameras = training_callback_attributes.pipeline.datamanager.train_dataset.cameras
+        return super().get_training_callbacks(training_callback_attributes)
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        weight = self.config.distill_weight
+        loss_dict["gt_loss"] = (1 - weight) * loss_dict.pop("main_loss")
+        if "teacher_image" in batch and weight > 0:
+            teacher = self.composite_with_background(self.get_gt_img(batch["teacher_image"]), outputs["background"])
+            rendered = outputs["rgb"]
+            if "mask" in batch:
+                mask = self._downscale_if_required(batch["mask"]).to(self.device)
+                teacher, rendered = teacher * mask, rendered * mask
+            distill, _, _ = photometric_loss(rendered, teacher, self.ssim, self.config.ssim_lambda)
+            loss_dict["distill_loss"] = weight * distill
+        config = self.config
+        if self.training and in_window(
+            self.step, config.structure_start, config.structure_stop, config.structure_every
+        ):
+            if self.teacher_means is None:
+                raise DistilledSplatError("the structural loss needs the vanilla teacher's centres (teacher cache)")
+            loss_dict["structure_loss"] = config.structure_weight * structure_loss(
+                self.means, self.teacher_means.to(self.device), config.structure_mode, config.structure_grid,
+                config.structure_sigma, config.structure_margin,
+            )  # fmt: skip
+        return loss_dict
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        metrics = super().get_metrics_dict(outputs, batch)
+        if "teacher_image" in batch:
+            teacher = self.composite_with_background(self.get_gt_img(batch["teacher_image"]), outputs["background"])
+            metrics["teacher_l1"] = torch.abs(outputs["rgb"].detach() - teacher).mean()
+        return metrics
+
+    def step_post_backward(self, step: int) -> None:
+        super().step_post_backward(step)
+        if step == self.config.sample_at:
+            self.sample_and_reinitialise()
+        if step == self.config.prune_at:
+            self.prune_to_mass_and_budget()
+
+    @torch.no_grad()
+    def importance(self) -> Tensor:
+        """Importance of every Gaussian summed over all training views, at full resolution."""
+        if self.training_cameras is None:
+            raise RuntimeError("pruning needs the training cameras; they are set in get_training_callbacks")
+        splats = self.splat_inputs(None)
+        total = torch.zeros(self.num_points, device=self.device)
+        for view in range(len(self.training_cameras)):
+            camera = self.training_cameras[view : view + 1].to(self.device)
+            total += view_importance(
+                splats, gsplat_viewmats(camera.camera_to_worlds)[0], camera.get_intrinsics_matrices()[0],
+                int(camera.width), int(camera.height), self.config.importance,
+            )  # fmt: skip
+        return total
+
+    def sample_and_reinitialise(self) -> None:
+        before = self.num_points
+        keep = importance_sample_mask(self.importance(), self.config.sample_fraction)
+        keep_only(self.gauss_params, self.optimizers, self.strategy_state, keep)
+        means = self.means.detach()
+        distances, _ = self.k_nearest_sklearn(means, 3)
+        log_scale = torch.log(torch.from_numpy(distances).to(means).mean(-1, keepdim=True).clamp_min(1e-7))
+        reinitialise(
+            self.gauss_params,
+            self.optimizers,
+            {
+                "scales": log_scale.repeat(1, 3),
+                "opacities": torch.logit(torch.full_like(self.opacities, 0.1)),
+                "quats": random_quat_tensor(self.num_points).to(means),
+                "features_rest": torch.zeros_like(self.features_rest),
+            },
+        )
+        CONSOLE.print(f"Step {self.step}: importance sampling kept {self.num_points} of {before} Gaussians")
+
+    def prune_to_mass_and_budget(self) -> None:
+        before = self.num_points
+        importance = self.importance()
+        keep = cumulative_mass_mask(importance, self.config.keep_mass)
+        budget = self.budget()
+        if budget is not None and int(keep.sum()) > budget:
+            keep = top_k_mask(torch.where(keep, importance, torch.zeros_like(importance)), budget)
+        keep_only(self.gauss_params, self.optimizers, self.strategy_state, keep)
+        if budget is not None:
+            self.strategy.max_count = budget  # any later growth stays within the budget
+        CONSOLE.print(f"Step {self.step}: importance pruning kept {self.num_points} of {before} Gaussians")

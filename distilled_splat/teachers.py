@@ -1,0 +1,124 @@
+"""Finding, fingerprinting and loading trained teacher runs, and checking they belong to the student's scene."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Tuple
+
+import torch
+import yaml
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import Pipeline
+
+from distilled_splat.errors import DistilledSplatError
+
+CHECKPOINT_NAME = re.compile(r"step-(\d+)\.ckpt")
+
+
+def teacher_config_path(teacher: Path) -> Path:
+    """The config.yml of a teacher given as that file or as its run folder."""
+    teacher = Path(teacher)
+    path = teacher / "config.yml" if teacher.is_dir() else teacher
+    if not path.is_file():
+        raise DistilledSplatError(f"teacher run not found: {teacher} (give its config.yml or run folder)")
+    return path
+
+
+def read_config(config_path: Path) -> TrainerConfig:
+    try:
+        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    except (yaml.YAMLError, AttributeError, ModuleNotFoundError) as err:
+        raise DistilledSplatError(f"teacher config {config_path} is unreadable: {str(err).splitlines()[0]}") from None
+    if not isinstance(config, TrainerConfig):
+        raise DistilledSplatError(f"teacher config {config_path} is not a nerfstudio run config")
+    return config
+
+
+def final_checkpoint(config_path: Path) -> Path:
+    """The checkpoint of the teacher's last training step; an unfinished run is refused."""
+    config = read_config(config_path)
+    folder = config_path.parent / config.relative_model_dir
+    steps = sorted(int(m.group(1)) for p in folder.glob("step-*.ckpt") if (m := CHECKPOINT_NAME.fullmatch(p.name)))
+    if not steps:
+        raise DistilledSplatError(f"teacher {config_path.parent} has no checkpoint in {folder}")
+    last = config.max_num_iterations - 1
+    if steps[-1] < last:
+        raise DistilledSplatError(
+            f"teacher {config_path.parent} is unfinished: its latest checkpoint is step {steps[-1]} of {last}"
+        )
+    return folder / f"step-{steps[-1]:09d}.ckpt"
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint_state(checkpoint: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(checkpoint, map_location=device)
+    except Exception as err:  # truncated zip, bad pickle, wrong format: all mean "unusable"
+        raise DistilledSplatError(f"teacher checkpoint {checkpoint} is unreadable ({type(err).__name__})") from None
+
+
+def teacher_means(config_path: Path) -> torch.Tensor:
+    """Gaussian centres of a teacher's final checkpoint, read without building its pipeline."""
+    checkpoint = final_checkpoint(config_path)
+    state = load_checkpoint_state(checkpoint, torch.device("cpu"))
+    try:
+        return state["pipeline"]["_model.gauss_params.means"].float()
+    except KeyError:
+        raise DistilledSplatError(f"teacher checkpoint {checkpoint} holds no Gaussian splat model") from None
+
+
+def load_teacher(config_path: Path, device: torch.device) -> Tuple[Pipeline, Path]:
+    """A teacher's pipeline in inference mode with its final checkpoint loaded; returns (pipeline, checkpoint)."""
+    config = read_config(config_path)
+    checkpoint = final_checkpoint(config_path)
+    try:
+        pipeline = config.pipeline.setup(device=device, test_mode="inference")
+    except DistilledSplatError as err:
+        raise DistilledSplatError(f"teacher {config_path.parent}: {err}") from None
+    state = load_checkpoint_state(checkpoint, device)
+    try:
+        pipeline.load_pipeline(state["pipeline"], state["step"])
+    except (KeyError, RuntimeError) as err:
+        raise DistilledSplatError(
+            f"teacher checkpoint {checkpoint} does not fit its config: {str(err).splitlines()[0]}"
+        ) from None
+    pipeline.eval()
+    return pipeline, checkpoint
+
+
+def check_same_cameras(teacher: Cameras, student: Cameras, teacher_name: str) -> None:
+    """One-line error naming the first difference between a teacher's training cameras and the student's.
+
+    Intrinsics are compared relative to the image size: the student may train at another resolution.
+    """
+    prefix = f"teacher {teacher_name} was trained on a different scene:"
+    if len(teacher) != len(student):
+        raise DistilledSplatError(
+            f"{prefix} it has {len(teacher)} training cameras, the student's scene has {len(student)}"
+        )
+
+    def relative_intrinsics(cameras: Cameras) -> torch.Tensor:
+        width, height = cameras.width.float().cpu(), cameras.height.float().cpu()
+        return torch.cat(
+            [cameras.fx.cpu() / width, cameras.fy.cpu() / height, cameras.cx.cpu() / width, cameras.cy.cpu() / height],
+            1,
+        )
+
+    pose_error = (teacher.camera_to_worlds.cpu() - student.camera_to_worlds.cpu()).abs().flatten(1).max(1).values
+    intrinsics_error = (relative_intrinsics(teacher) - relative_intrinsics(student)).abs().max(1).values
+    # Rounding image sizes when downscaling moves relative intrinsics by up to ~1/size.
+    for name, error, tolerance in (("pose", pose_error, 1e-3), ("intrinsics", intrinsics_error, 2e-2)):
+        if bool((error > tolerance).any()):
+            i = int((error > tolerance).nonzero()[0])
+            raise DistilledSplatError(f"{prefix} camera {i} {name} differs by {float(error[i]):.3g}")
