@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import tyro
-from rich.console import Console
-from rich.table import Table
 
 from distilled_splat.data.scene_checks import check_scene
 from distilled_splat.data.synthetic import PRESETS, write_scene
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.method_configs import distilled_teacher
-from distilled_splat.schedules import scale_to_run_length
-from distilled_splat.training import evaluate, gaussian_count, resolve_device, train
+from distilled_splat.recipe import Recipe, RecipeSettings
+from distilled_splat.report import write_report
 
 
 @dataclass
@@ -33,15 +30,30 @@ class Scene:
 
 
 @dataclass
+class Run:
+    """Train the teachers and the student on a nerfstudio-format scene, evaluate every model on the held-out
+    views, export the student as a standard 3DGS .ply and write the report. Re-running skips finished stages
+    and resumes interrupted ones."""
+
+    data: Path
+    """Scene folder: transforms.json, images and a sparse point cloud (ply_file_path)."""
+    output: Path
+    """Folder for the runs, the teacher cache, student.ply and the report."""
+    settings: tyro.conf.OmitArgPrefixes[RecipeSettings] = field(default_factory=RecipeSettings)
+
+    def main(self) -> None:
+        recipe = Recipe(self.data, self.output, self.settings)
+        recipe.execute()
+        write_report(recipe)
+
+
+@dataclass
 class Demo:
-    """Train the vanilla teacher on the built-in demo scene and print its metrics on the held-out views."""
+    """The whole recipe on the built-in demo scene (written to OUTPUT/scene on first use)."""
 
     output: Path = Path("outputs/demo")
-    """Folder for the scene, the run and the metrics."""
-    steps: int = 2000
-    """Training steps; every splatfacto schedule is scaled from its 30k-step value to this length."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """'auto' uses CUDA (gsplat) when present, otherwise the CPU rasteriser."""
+    """Folder for the scene, the runs and the report."""
+    settings: tyro.conf.OmitArgPrefixes[RecipeSettings] = field(default_factory=lambda: RecipeSettings(steps=1000))
 
     def main(self) -> None:
         scene = self.output / "scene"
@@ -49,26 +61,19 @@ class Demo:
             check_scene(scene)
         except DistilledSplatError:
             write_scene(scene, PRESETS["demo"])
-        config = scale_to_run_length(distilled_teacher.config, self.steps)
-        config.pipeline.datamanager.data = scene
-        config.output_dir = self.output / "runs"
-        config.experiment_name = "demo"
-        config.timestamp = f"{self.steps}-steps"
-        config.machine.device_type = resolve_device(self.device)
-        config.vis = "tensorboard"
-        config_path = train(config)
-        metrics = evaluate(config_path, self.output / "vanilla-teacher-eval.json")
-        metrics["gaussians"] = gaussian_count(config)
-        table = Table(title=f"distilled-teacher on the demo scene ({self.steps} steps, {config.machine.device_type})")
-        shown = [name for name in ("psnr", "ssim", "lpips", "gaussians", "fps") if name in metrics]
-        for name in shown:
-            table.add_column(name)
-        table.add_row(*(str(metrics[name]) if name == "gaussians" else f"{metrics[name]:.4g}" for name in shown))
-        Console().print(table)
-        if "lpips" not in metrics:
-            print("lpips: unavailable (its AlexNet weights could not be loaded)")
-        print(f"config: {config_path}")
+        Run(scene, self.output, self.settings).main()
+
+
+@dataclass
+class Report:
+    """Regenerate report.json, report.md and the images of a finished `distilled-splat run` folder."""
+
+    output: tyro.conf.Positional[Path]
+    """The folder given as --output to `distilled-splat run`."""
+
+    def main(self) -> None:
+        write_report(Recipe.load(self.output))
 
 
 def entrypoint() -> None:
-    tyro.extras.subcommand_cli_from_dict({"scene": Scene, "demo": Demo}).main()
+    tyro.extras.subcommand_cli_from_dict({"run": Run, "demo": Demo, "report": Report, "scene": Scene}).main()

@@ -24,10 +24,11 @@ def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
     """A copy of ``config`` running ``max_steps`` steps, every step-count schedule scaled by ``max_steps / 30_000``.
 
     Covers densification (warm-up, stop), opacity resets, the resolution and SH schedules, learning-rate decay,
-    checkpoint/eval intervals and whatever the model config lists in ``step_schedule_fields()`` (None means off) (noise and
-    dropout windows, distillation phases), so a short run still passes through every phase. The refinement
+    the checkpoint interval and the step counts the model config lists in ``step_schedule_fields()`` (noise and
+    dropout windows, distillation phases; None stays off), so a short run still passes through every phase. The refinement
     interval itself is kept: densifying more often than every 100 steps gives the optimiser no time to fit the
-    new Gaussians, and the count then roughly doubles at every refinement.
+    new Gaussians, and the count then roughly doubles at every refinement. Evaluation intervals are kept too:
+    evaluating more often in a shorter run only costs time.
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be positive, got {max_steps}")
@@ -50,7 +51,5 @@ def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
             scheduler.warmup_steps = scaled(scheduler.warmup_steps) if scheduler.warmup_steps else 0
     config.max_num_iterations = max_steps
     config.steps_per_save = scaled(config.steps_per_save)
-    config.steps_per_eval_image = scaled(config.steps_per_eval_image)
-    config.steps_per_eval_all_images = scaled(config.steps_per_eval_all_images)
     config.scale_schedules = False
     return config

@@ -1,15 +1,21 @@
-"""Running nerfstudio training and evaluation in-process for the pipeline commands."""
+"""Running nerfstudio training, evaluation and export in-process, resumable and with atomic outputs."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import TrainerConfig
 
 from distilled_splat.data.datamanager import require_device
+from distilled_splat.teachers import CHECKPOINT_NAME, read_config
 
 
 def resolve_device(device: str) -> str:
@@ -29,25 +35,100 @@ def final_checkpoint(config: TrainerConfig) -> Path:
     return config.get_checkpoint_dir() / f"step-{config.max_num_iterations - 1:09d}.ckpt"
 
 
-def train(config: TrainerConfig) -> Path:
-    """Train ``config`` (timestamp must be fixed) and return its ``config.yml``; skipped if already finished."""
-    from nerfstudio.scripts.train import main as train_main
+def is_complete_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a whole torch checkpoint (a zip whose every member passes its CRC), not a torn write."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def is_trained(config: TrainerConfig) -> bool:
+    return (run_dir(config) / "config.yml").is_file() and is_complete_checkpoint(final_checkpoint(config))
+
+
+def latest_resumable_step(config: TrainerConfig) -> Optional[int]:
+    """Step of the newest complete checkpoint of an interrupted run; torn checkpoints are deleted on the way."""
+    folder = config.get_checkpoint_dir()
+    if not (run_dir(config) / "config.yml").is_file() or not folder.is_dir():
+        return None
+    steps = sorted(
+        (int(m.group(1)) for p in folder.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name))), reverse=True
+    )
+    for step in steps:
+        path = folder / f"step-{step:09d}.ckpt"
+        if is_complete_checkpoint(path):
+            return step
+        path.unlink()
+    return None
+
+
+def train(config: TrainerConfig, on_step: Optional[Callable[[int], None]] = None) -> Path:
+    """Train ``config`` (timestamp must be fixed) and return its ``config.yml``.
+
+    A finished run is skipped; an interrupted one resumes from its newest complete checkpoint. ``on_step`` is
+    called with the step number after every training step.
+    """
+    from nerfstudio.scripts.train import _set_random_seed
 
     config_path = run_dir(config) / "config.yml"
-    if not (config_path.is_file() and final_checkpoint(config).is_file()):
-        train_main(config)
+    if is_trained(config):
+        return config_path
+    resume_step = latest_resumable_step(config)
+    if resume_step is None:
+        shutil.rmtree(run_dir(config), ignore_errors=True)
+        config.save_config()  # checks inputs and fits schedules first (CheckedTrainerConfig)
+        trainer_config = config
+    else:
+        # Resume what was saved; nerfstudio trains max_num_iterations steps *after* the loaded one, while the
+        # saved config keeps the total.
+        trainer_config = read_config(config_path)
+        trainer_config.load_dir = config.get_checkpoint_dir()
+        trainer_config.max_num_iterations = config.max_num_iterations - resume_step - 1
+    _set_random_seed(config.machine.seed)
+    trainer = trainer_config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    if on_step is not None:
+        trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], on_step))
+    trainer.train()
     return config_path
 
 
 def gaussian_count(config: TrainerConfig) -> int:
     """Number of Gaussians in the run's final checkpoint."""
-    state = torch.load(final_checkpoint(config), map_location="cpu", weights_only=True)["pipeline"]
+    state = torch.load(final_checkpoint(config), map_location="cpu")["pipeline"]
     return int(state["_model.gauss_params.means"].shape[0])
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write`` with a temporary path beside ``target`` and move the result into place when it succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return target
 
 
 def evaluate(config_path: Path, output_json: Path) -> Dict[str, float]:
     """``ns-eval`` on the held-out views: writes ``output_json`` and returns its ``results`` metrics."""
     from nerfstudio.scripts.eval import ComputePSNR
 
-    ComputePSNR(load_config=config_path, output_path=output_json).main()
+    write_atomically(output_json, lambda path: ComputePSNR(load_config=config_path, output_path=path).main())
     return json.loads(output_json.read_text())["results"]
+
+
+def export_ply(config_path: Path, output_ply: Path) -> Path:
+    """``ns-export gaussian-splat``: a standard 3DGS .ply at ``output_ply``."""
+    from nerfstudio.scripts.exporter import ExportGaussianSplat
+
+    def export(path: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=output_ply.parent) as folder:
+            ExportGaussianSplat(load_config=config_path, output_dir=Path(folder)).main()
+            os.replace(Path(folder) / "splat.ply", path)
+
+    return write_atomically(output_ply, export)

@@ -18,6 +18,13 @@ from plyfile import PlyData
 from tests.conftest import BIN, TEACHER_STEPS, ns_train, run_command
 
 
+def assert_one_line_error(result, expected, unwritten):
+    """Failed with exactly one error line containing ``expected``, no traceback, and ``unwritten`` not created."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("distilled-splat: error:")]
+    assert result.returncode != 0 and len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not unwritten.exists()
+
+
 def checkpoint_state(config):
     checkpoint = config.parent / "nerfstudio_models" / f"step-{TEACHER_STEPS - 1:09d}.ckpt"
     assert checkpoint.is_file()
@@ -97,9 +104,7 @@ def test_student_without_usable_teachers_fails_in_one_line(tiny_scene, tmp_path,
         "--machine.device-type", "cpu", *(["--pipeline.datamanager.teachers", *teachers] if teachers else []),
         check=False,
     )  # fmt: skip
-    errors = [line for line in result.stderr.splitlines() if line.startswith("distilled-splat: error:")]
-    assert result.returncode != 0 and len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+    assert_one_line_error(result, expected, tmp_path / "runs")
 
 
 def free_port() -> int:
@@ -161,11 +166,7 @@ def test_ns_train_bad_scene_fails_in_one_line_and_writes_nothing(tiny_scene, tmp
         "ns-train", "distilled-teacher", "--data", str(scene), "--output-dir", str(output),
         "--machine.device-type", "cpu", "--vis", "tensorboard", check=False,
     )  # fmt: skip
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("distilled-splat: error:")]
-    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert not output.exists()
+    assert_one_line_error(result, expected, output)
 
 
 @pytest.mark.parametrize(
@@ -180,10 +181,7 @@ def test_ns_train_impossible_setting_fails_in_one_line(tiny_scene, tmp_path, met
         "ns-train", method, "--data", str(tiny_scene), "--output-dir", str(tmp_path / "runs"),
         "--machine.device-type", "cpu", setting, check=False,
     )  # fmt: skip
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("distilled-splat: error:")]
-    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+    assert_one_line_error(result, expected, tmp_path / "runs")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -192,6 +190,4 @@ def test_ns_train_cuda_without_gpu_fails_in_one_line(tiny_scene, tmp_path):
         "ns-train", "distilled-teacher", "--data", str(tiny_scene), "--output-dir", str(tmp_path / "runs"),
         "--machine.device-type", "cuda", "--vis", "tensorboard", check=False,
     )  # fmt: skip
-    assert result.returncode != 0
-    assert "distilled-splat: error: --machine.device-type cuda" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+    assert_one_line_error(result, "--machine.device-type cuda", tmp_path / "runs")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
-from distilled_splat.method_configs import distilled_teacher
+from distilled_splat.method_configs import distilled_splatfacto, distilled_teacher
 from distilled_splat.schedules import scale_to_run_length
 
 
@@ -39,3 +41,11 @@ def test_full_length_is_splatfacto_and_original_is_untouched():
     assert distilled_teacher.config.pipeline.model.stop_split_at == 15_000
     with pytest.raises(ValueError):
         scale_to_run_length(distilled_teacher.config, 0)
+
+
+def test_student_phases_scale_and_disabled_ones_stay_off():
+    model = scale_to_run_length(distilled_splatfacto.config, 3000).pipeline.model
+    assert (model.sample_at, model.prune_at, model.structure_start, model.structure_every) == (1500, 2000, 2100, 100)
+    disabled = copy.deepcopy(distilled_splatfacto.config)
+    disabled.pipeline.model.sample_at = None
+    assert scale_to_run_length(disabled, 3000).pipeline.model.sample_at is None

@@ -1,0 +1,191 @@
+"""The full Distilled-3DGS recipe on one scene: three teachers, the student, evaluation, export and report.
+
+Every stage leaves a complete result or nothing, so running the recipe again skips what is finished and
+resumes what was interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple
+
+import tyro
+from nerfstudio.engine.trainer import TrainerConfig
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from distilled_splat.data.scene_checks import check_scene
+from distilled_splat.errors import DistilledSplatError
+from distilled_splat.method_configs import (
+    distilled_splatfacto,
+    distilled_teacher,
+    distilled_teacher_dropout,
+    distilled_teacher_noise,
+)
+from distilled_splat.schedules import scale_to_run_length
+from distilled_splat.training import (
+    evaluate,
+    export_ply,
+    gaussian_count,
+    is_trained,
+    resolve_device,
+    train,
+    write_atomically,
+)
+
+TeacherName = Literal["vanilla", "noise", "dropout"]
+TEACHER_METHODS = {"vanilla": distilled_teacher, "noise": distilled_teacher_noise, "dropout": distilled_teacher_dropout}
+STUDENT = "student"
+
+
+@dataclass
+class RecipeSettings:
+    """What to train and how; shared by ``run`` and ``demo``."""
+
+    steps: int = 2000
+    """Training steps of every teacher; all schedules are scaled from their 30k-step values to this length."""
+    student_steps: Optional[int] = None
+    """Training steps of the student (default: --steps)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' uses CUDA (gsplat) when present, otherwise the CPU rasteriser."""
+    teachers: Tuple[TeacherName, ...] = ("vanilla", "noise", "dropout")
+    """Teachers to train and distil from; 'vanilla' is required (structural loss target, budget reference)."""
+    target_fraction: Optional[float] = 0.1
+    """Student budget as a fraction of the vanilla teacher's Gaussians."""
+    target_gaussians: Optional[int] = None
+    """Student budget as a number of Gaussians (overrides --target-fraction)."""
+    teacher_args: str = ""
+    """Extra ns-train arguments for every teacher, e.g. --teacher-args="--pipeline.model.sh-degree 2"."""
+    student_args: str = ""
+    """Extra ns-train arguments for the student, e.g. --student-args="--pipeline.model.structure-mode joint"."""
+    seed: int = 42
+    """Random seed of every model."""
+
+    def check(self) -> None:
+        if "vanilla" not in self.teachers:
+            raise DistilledSplatError(
+                "--teachers must include vanilla (the structural loss target and budget reference)"
+            )
+        if len(set(self.teachers)) != len(self.teachers):
+            raise DistilledSplatError(f"--teachers lists a teacher twice: {' '.join(self.teachers)}")
+        if self.steps < 1 or (self.student_steps is not None and self.student_steps < 1):
+            raise DistilledSplatError("--steps and --student-steps must be positive")
+
+
+@dataclass
+class Recipe:
+    data: Path
+    output: Path
+    settings: RecipeSettings = field(default_factory=RecipeSettings)
+
+    @property
+    def runs(self) -> Path:
+        return self.output.resolve() / "runs"
+
+    def method_config(self, name: str) -> TrainerConfig:
+        settings = self.settings
+        spec = distilled_splatfacto if name == STUDENT else TEACHER_METHODS[name]
+        steps = (settings.student_steps or settings.steps) if name == STUDENT else settings.steps
+        config = scale_to_run_length(spec.config, steps)
+        config.pipeline.datamanager.data = self.data.resolve()
+        config.output_dir = self.runs
+        config.experiment_name = "distilled"
+        config.timestamp = f"{steps}-steps"
+        config.machine.device_type = resolve_device(settings.device)
+        config.machine.seed = settings.seed
+        config.vis = "tensorboard"
+        config.logging.local_writer.enable = False  # the recipe shows its own progress bars
+        # The recipe evaluates every model once, at the end; evaluating during training only costs time.
+        config.steps_per_eval_image = config.steps_per_eval_all_images = config.steps_per_eval_batch = steps + 1
+        if name == STUDENT:
+            config.pipeline.datamanager.teachers = tuple(self.teacher_config_path(t) for t in settings.teachers)
+            config.pipeline.model.target_fraction = settings.target_fraction
+            config.pipeline.model.target_gaussians = settings.target_gaussians
+        extra = settings.student_args if name == STUDENT else settings.teacher_args
+        if extra:
+            args = shlex.split(extra)
+            config = tyro.cli(type(config), default=config, args=args, config=(tyro.conf.FlagConversionOff,))
+        return config
+
+    def teacher_config_path(self, name: str) -> Path:
+        config = self.method_config(name)
+        return config.get_base_dir() / "config.yml"
+
+    def models(self) -> List[str]:
+        return [*self.settings.teachers, STUDENT]
+
+    def eval_path(self, name: str) -> Path:
+        return self.output / "evals" / f"{name}.json"
+
+    def ply_path(self, name: str) -> Path:
+        return self.output / "exports" / f"{name}.ply"
+
+    def timings_path(self) -> Path:
+        return self.output / "timings.json"
+
+    def save(self) -> None:
+        """Record what this output folder holds, for ``distilled-splat report`` and for re-runs."""
+        record = {"data": str(self.data.resolve()), "settings": dataclasses.asdict(self.settings)}
+        self.output.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.output / "recipe.json", lambda path: path.write_text(json.dumps(record, indent=1)))
+
+    @staticmethod
+    def load(output: Path) -> "Recipe":
+        try:
+            record = json.loads((output / "recipe.json").read_text())
+        except (OSError, ValueError):
+            raise DistilledSplatError(
+                f"{output} holds no finished `distilled-splat run` (no readable recipe.json)"
+            ) from None
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in record["settings"].items()}
+        return Recipe(Path(record["data"]), output, RecipeSettings(**settings))
+
+    def execute(self) -> None:
+        self.settings.check()
+        check_scene(self.data)
+        self.save()
+        models = self.models()
+        configs = {name: self.method_config(name) for name in models}
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ) as progress:  # fmt: skip
+            overall = progress.add_task("Distilled-3DGS", total=3 * len(models))
+            for name in models:
+                self.train_stage(name, configs[name], progress)
+                progress.advance(overall)
+            for name in models:
+                config_path = configs[name].get_base_dir() / "config.yml"
+                if not self.eval_path(name).is_file():
+                    progress.console.print(f"evaluating {name} on the held-out views")
+                    evaluate(config_path, self.eval_path(name))
+                progress.advance(overall)
+                if not self.ply_path(name).is_file():
+                    export_ply(config_path, self.ply_path(name))
+                progress.advance(overall)
+        write_atomically(
+            self.output / "student.ply", lambda path: path.write_bytes(self.ply_path(STUDENT).read_bytes())
+        )
+
+    def train_stage(self, name: str, config: TrainerConfig, progress: Progress) -> None:
+        if is_trained(config):
+            progress.console.print(f"{name}: already trained, skipped")
+            return
+        task = progress.add_task(f"training {name}", total=config.max_num_iterations)
+        started = time.perf_counter()
+        train(config, on_step=lambda step: progress.update(task, completed=step + 1))
+        progress.remove_task(task)
+        timings = self.read_timings()
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+        write_atomically(self.timings_path(), lambda path: path.write_text(json.dumps(timings, indent=1)))
+        progress.console.print(f"{name}: trained, {gaussian_count(config)} Gaussians")
+
+    def read_timings(self) -> Dict[str, float]:
+        try:
+            return json.loads(self.timings_path().read_text())
+        except (OSError, ValueError):
+            return {}

@@ -1,0 +1,181 @@
+"""The report of a finished recipe: metrics per model, student/teacher ratios, side-by-side views and a plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.table import Table
+
+from distilled_splat.errors import DistilledSplatError
+from distilled_splat.recipe import STUDENT, Recipe
+from distilled_splat.training import gaussian_count, write_atomically
+
+FIELDS = ("psnr", "ssim", "lpips", "num_gaussians", "ply_bytes", "render_ms", "train_seconds")
+LABELS = {"vanilla": "vanilla teacher", "noise": "noise teacher", "dropout": "dropout teacher", STUDENT: "student"}
+
+
+def model_rows(recipe: Recipe) -> Dict[str, Dict[str, Optional[float]]]:
+    """Metrics of every finished model, from its eval json, checkpoint, export and recorded training time."""
+    timings = recipe.read_timings()
+    rows = {}
+    for name in recipe.models():
+        config = recipe.method_config(name)
+        try:
+            results = json.loads(recipe.eval_path(name).read_text())["results"]
+            ply_bytes = recipe.ply_path(name).stat().st_size
+        except (OSError, ValueError, KeyError):
+            raise DistilledSplatError(
+                f"{name} is not finished in {recipe.output}: run `distilled-splat run` to complete it"
+            ) from None
+        rows[name] = {
+            "psnr": results["psnr"],
+            "ssim": results["ssim"],
+            "lpips": results.get("lpips"),  # absent when LPIPS weights could not be loaded
+            "num_gaussians": gaussian_count(config),
+            "ply_bytes": ply_bytes,
+            "render_ms": 1000.0 / results["fps"] if results.get("fps") else None,
+            "train_seconds": timings.get(name),
+        }
+    return rows
+
+
+def ratios(rows: Dict[str, Dict]) -> Dict[str, Optional[float]]:
+    student, teacher = rows[STUDENT], rows["vanilla"]
+    result = {}
+    for name in ("num_gaussians", "ply_bytes", "render_ms", "train_seconds"):
+        if student[name] is not None and teacher[name]:
+            result[name] = student[name] / teacher[name]
+    result["psnr_gain_db"] = student["psnr"] - teacher["psnr"]
+    return result
+
+
+def formatted(name: str, value) -> str:
+    if value is None:
+        return "n/a"
+    if name in ("num_gaussians", "ply_bytes"):
+        return f"{int(value):,}"
+    return f"{value:.2f}" if name in ("psnr", "render_ms", "train_seconds") else f"{value:.4f}"
+
+
+def table(rows: Dict[str, Dict]) -> Table:
+    result = Table(title="Distilled-3DGS on the held-out views")
+    result.add_column("model")
+    for name in FIELDS:
+        result.add_column(name, justify="right")
+    for model, row in rows.items():
+        result.add_row(LABELS[model], *(formatted(name, row[name]) for name in FIELDS))
+    return result
+
+
+def markdown(rows: Dict[str, Dict], ratio: Dict[str, float], views: List[str]) -> str:
+    lines = ["# Distilled-3DGS report", "", "| model | " + " | ".join(FIELDS) + " |", "|---" * (len(FIELDS) + 1) + "|"]
+    for model, row in rows.items():
+        lines.append(f"| {LABELS[model]} | " + " | ".join(formatted(name, row[name]) for name in FIELDS) + " |")
+    lines += ["", "Student / vanilla teacher:", ""]
+    lines += [f"- {name}: {value:.3f}" for name, value in ratio.items()]
+    lines += [
+        "",
+        "LPIPS is n/a when its AlexNet weights could not be downloaded.",
+        "",
+        "![PSNR vs Gaussians](report/psnr_vs_gaussians.png)",
+        "",
+    ]
+    lines += ["## Held-out views: ground truth | vanilla teacher | student", ""]
+    lines += [f"![view {i}]({view})" for i, view in enumerate(views)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Dict[str, Dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for model, row in rows.items():
+        axes.scatter(row["num_gaussians"], row["psnr"], s=40)
+        axes.annotate(LABELS[model], (row["num_gaussians"], row["psnr"]), textcoords="offset points", xytext=(5, 5))
+    axes.set_xscale("log")
+    axes.set_xlabel("Gaussians")
+    axes.set_ylabel("held-out PSNR (dB)")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
+    plt.close(figure)
+
+
+@torch.no_grad()
+def held_out_renders(config_path: Path) -> List[Dict[str, np.ndarray]]:
+    """Ground truth and render of every held-out view, composited on the model's evaluation background."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(config_path, test_mode="test")
+    model, datamanager = pipeline.model, pipeline.datamanager
+    views = []
+    for index in range(len(datamanager.eval_dataset)):
+        camera = datamanager.eval_dataset.cameras[index : index + 1].to(model.device)
+        outputs = model.get_outputs_for_camera(camera)
+        truth = model.composite_with_background(
+            model.get_gt_img(datamanager.cached_eval[index]["image"]), outputs["background"]
+        )
+        views.append({"truth": to_uint8(truth), "render": to_uint8(outputs["rgb"])})
+    return views
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def side_by_side(panels: List[np.ndarray], captions: List[str], scale: int = 2) -> Image.Image:
+    height, width = panels[0].shape[:2]
+    caption_height = 18
+    sheet = Image.new("RGB", (len(panels) * width * scale, height * scale + caption_height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for column, (panel, caption) in enumerate(zip(panels, captions)):
+        sheet.paste(
+            Image.fromarray(panel).resize((width * scale, height * scale), Image.NEAREST), (column * width * scale, 0)
+        )
+        draw.text((column * width * scale + 4, height * scale + 3), caption, fill="black")
+    return sheet
+
+
+def write_report(recipe: Recipe, console: Optional[Console] = None) -> Dict:
+    rows = model_rows(recipe)
+    ratio = ratios(rows)
+    folder = recipe.output / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    plot(rows, folder / "psnr_vs_gaussians.png")
+    teacher_views = held_out_renders(recipe.method_config("vanilla").get_base_dir() / "config.yml")
+    student_views = held_out_renders(recipe.method_config(STUDENT).get_base_dir() / "config.yml")
+    captions = [
+        "ground truth",
+        f"vanilla teacher, {rows['vanilla']['num_gaussians']:,} Gaussians",
+        f"student, {rows[STUDENT]['num_gaussians']:,} Gaussians",
+    ]
+    view_files = []
+    for index, (teacher, student) in enumerate(zip(teacher_views, student_views)):
+        name = f"report/view_{index:03d}.png"
+        sheet = side_by_side([teacher["truth"], teacher["render"], student["render"]], captions)
+        write_atomically(recipe.output / name, lambda path, sheet=sheet: sheet.save(path, format="PNG"))
+        view_files.append(name)
+    report = {"models": rows, "student_vs_vanilla": ratio, "views": view_files}
+    write_atomically(recipe.output / "report.json", lambda path: path.write_text(json.dumps(report, indent=1)))
+    write_atomically(recipe.output / "report.md", lambda path: path.write_text(markdown(rows, ratio, view_files)))
+    console = console or Console()
+    console.print(table(rows))
+    console.print(
+        f"student: {ratio['num_gaussians']:.1%} of the vanilla teacher's Gaussians, "
+        f"{ratio['psnr_gain_db']:+.2f} dB PSNR; report: {recipe.output / 'report.md'}"
+    )
+    if any(
+        row["lpips"] is None or (isinstance(row["lpips"], float) and math.isnan(row["lpips"])) for row in rows.values()
+    ):
+        console.print("lpips: unavailable (its AlexNet weights could not be loaded)")
+    return report

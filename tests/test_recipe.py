@@ -1,0 +1,120 @@
+"""The one-command recipe: every model trained, evaluated and exported, a readable report, and resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from plyfile import PlyData
+
+from distilled_splat import recipe as recipe_module
+from distilled_splat.cli import Run
+from distilled_splat.recipe import Recipe, RecipeSettings
+from distilled_splat.training import final_checkpoint
+from tests.conftest import run_command
+
+STEPS = 60
+
+
+def settings(**overrides):
+    return RecipeSettings(steps=STEPS, device="cpu", student_args="--pipeline.model.refine-every 20", **overrides)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_scene):
+    output = tmp_path_factory.mktemp("recipe")
+    Run(tiny_scene, output, settings()).main()
+    return output
+
+
+def test_report_has_every_model_with_sane_numbers(finished_run):
+    report = json.loads((finished_run / "report.json").read_text())
+    assert set(report["models"]) == {"vanilla", "noise", "dropout", "student"}
+    for name, row in report["models"].items():
+        assert 10 < row["psnr"] < 60 and 0 < row["ssim"] <= 1, name
+        assert row["lpips"] is None or 0 <= row["lpips"] <= 1
+        assert row["num_gaussians"] > 0 and row["ply_bytes"] > 200 * row["num_gaussians"]
+        assert row["render_ms"] > 0 and row["train_seconds"] > 0
+    student, vanilla = report["models"]["student"], report["models"]["vanilla"]
+    assert student["num_gaussians"] <= round(0.1 * vanilla["num_gaussians"])  # the default budget
+    assert report["student_vs_vanilla"]["num_gaussians"] == pytest.approx(
+        student["num_gaussians"] / vanilla["num_gaussians"]
+    )
+    markdown = (finished_run / "report.md").read_text()
+    assert "| student |" in markdown and "psnr_vs_gaussians.png" in markdown
+    assert Image.open(finished_run / "report" / "psnr_vs_gaussians.png").size[0] > 100
+
+
+def test_side_by_side_images_show_every_held_out_view(finished_run, tiny_scene):
+    report = json.loads((finished_run / "report.json").read_text())
+    held_out = len(json.loads((tiny_scene / "transforms.json").read_text())["frames"][::8])
+    assert len(report["views"]) == held_out
+    for view in report["views"]:
+        image = Image.open(finished_run / view)
+        image.load()
+        assert image.size[0] == 3 * 2 * 48  # three panels, shown at twice the 48-pixel width
+
+
+def test_student_ply_holds_exactly_the_students_gaussians(finished_run):
+    recipe = Recipe.load(finished_run)
+    checkpoint = torch.load(final_checkpoint(recipe.method_config("student")), map_location="cpu")
+    count = checkpoint["pipeline"]["_model.gauss_params.means"].shape[0]
+    vertices = PlyData.read(str(finished_run / "student.ply"))["vertex"]
+    assert len(vertices.data) == count
+    assert {"x", "y", "z", "opacity", "scale_0", "rot_0", "f_dc_0"} <= {p.name for p in vertices.properties}
+
+
+def test_report_command_regenerates_the_report(finished_run):
+    (finished_run / "report.json").unlink()
+    result = run_command("distilled-splat", "report", str(finished_run))
+    assert "student" in result.stdout
+    assert json.loads((finished_run / "report.json").read_text())["models"]["student"]["num_gaussians"] > 0
+
+
+def test_interrupted_run_resumes_without_redoing_finished_models(tiny_scene, tmp_path, monkeypatch):
+    real_train = recipe_module.train
+    started_at = {}
+
+    def interrupt_student(config, on_step=None):
+        def counting(step):
+            started_at.setdefault(config.method_name, step)
+            if config.method_name == "distilled-splatfacto" and step == 45 and "interrupted" not in started_at:
+                started_at["interrupted"] = step
+                raise KeyboardInterrupt
+            on_step(step)
+
+        return real_train(config, on_step=counting)
+
+    monkeypatch.setattr(recipe_module, "train", interrupt_student)
+    recipe = Recipe(tiny_scene, tmp_path / "out", settings(teachers=("vanilla", "dropout")))
+    with pytest.raises(KeyboardInterrupt):
+        recipe.execute()
+    teacher_checkpoint = final_checkpoint(recipe.method_config("vanilla"))
+    teacher_stamp = teacher_checkpoint.stat().st_mtime_ns
+    assert not (tmp_path / "out" / "student.ply").exists()
+
+    started_at.clear()
+    started_at["interrupted"] = -1
+    recipe.execute()
+    assert "distilled-teacher" not in started_at, "finished teachers must not be retrained"
+    assert started_at["distilled-splatfacto"] > 0, "the student should resume from its last checkpoint"
+    assert teacher_checkpoint.stat().st_mtime_ns == teacher_stamp
+    assert (tmp_path / "out" / "student.ply").is_file()
+
+
+def test_run_refuses_a_recipe_without_the_vanilla_teacher_in_one_line(tiny_scene, tmp_path):
+    result = run_command(
+        "distilled-splat", "run", "--data", str(tiny_scene), "--output", str(tmp_path / "out"), "--teachers", "noise",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "distilled-splat: error: --teachers must include vanilla" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_of_a_folder_without_a_run_fails_in_one_line(tmp_path):
+    result = run_command("distilled-splat", "report", str(tmp_path), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "holds no finished `distilled-splat run`" in result.stderr
