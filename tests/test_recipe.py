@@ -118,3 +118,15 @@ def test_report_of_a_folder_without_a_run_fails_in_one_line(tmp_path):
     result = run_command("distilled-splat", "report", str(tmp_path), check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "holds no finished `distilled-splat run`" in result.stderr
+
+
+def test_demo_writes_its_scene_once_and_runs_the_recipe_on_it(tmp_path, monkeypatch):
+    from distilled_splat import cli
+    from distilled_splat.data.synthetic import PRESETS
+
+    monkeypatch.setitem(PRESETS, "demo", PRESETS["tiny"])  # the wiring, not the 128-pixel scene, is under test
+    cli.Demo(tmp_path, settings(teachers=("vanilla",))).main()
+    scene_stamp = (tmp_path / "scene" / "transforms.json").stat().st_mtime_ns
+    assert json.loads((tmp_path / "report.json").read_text())["models"]["student"]["num_gaussians"] > 0
+    cli.Demo(tmp_path, settings(teachers=("vanilla",))).main()  # everything finished: only the report again
+    assert (tmp_path / "scene" / "transforms.json").stat().st_mtime_ns == scene_stamp
