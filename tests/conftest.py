@@ -63,3 +63,12 @@ def teacher_runs(tmp_path_factory, tiny_scene):
     output = tmp_path_factory.mktemp("teachers")
     specs = (distilled_teacher, distilled_teacher_noise, distilled_teacher_dropout)
     return tuple(train_run(spec.config, tiny_scene, output, TEACHER_STEPS) for spec in specs)
+
+
+@pytest.fixture(scope="session")
+def trained_student(tmp_path_factory, tiny_scene, teacher_runs) -> Path:
+    """config.yml of a distilled-splatfacto trained by ``ns-train`` on CPU, at most 30 Gaussians."""
+    return ns_train(
+        "distilled-splatfacto", tiny_scene, tmp_path_factory.mktemp("student"),
+        "--pipeline.datamanager.teachers", *map(str, teacher_runs), "--pipeline.model.target-gaussians", "30",
+    )  # fmt: skip

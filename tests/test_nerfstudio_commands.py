@@ -80,11 +80,8 @@ def test_teacher_variants_train_with_scaled_schedules_evaluate_and_export(tiny_s
     assert count > 0 and {"x", "opacity", "f_dc_0", "scale_0", "rot_0"} <= names
 
 
-def test_student_trains_evaluates_and_exports_within_its_budget(tiny_scene, teacher_runs, tmp_path):
-    config = ns_train(
-        "distilled-splatfacto", tiny_scene, tmp_path / "runs",
-        "--pipeline.datamanager.teachers", *map(str, teacher_runs), "--pipeline.model.target-gaussians", "30",
-    )  # fmt: skip
+def test_student_trains_evaluates_and_exports_within_its_budget(trained_student, tmp_path):
+    config = trained_student
     assert (config.parent.parent / "teacher-cache" / "manifest.json").is_file()
     run_command("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
     assert 10.0 < json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"] < 60.0
@@ -113,10 +110,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ns_viewer_serves_the_model(trained_teacher):
+@pytest.mark.parametrize("run", ["trained_teacher", "trained_student"])
+def test_ns_viewer_serves_the_model(request, run):
+    config = request.getfixturevalue(run)
     port = free_port()
     process = subprocess.Popen(
-        [str(BIN / "ns-viewer"), "--load-config", str(trained_teacher), "--viewer.websocket-port", str(port)],
+        [str(BIN / "ns-viewer"), "--load-config", str(config), "--viewer.websocket-port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
