@@ -30,29 +30,34 @@ def _common_box(student: Tensor, teacher: Tensor, grid_size: int, margin: float)
     return lower, (upper - lower) / grid_size
 
 
-def _kernel_taps(coords: Tensor, grid_size: int, sigma: float, radius: int) -> Tuple[Tensor, Tensor]:
+def _kernel_taps(coords: Tensor, sigma: float, radius: int) -> Tuple[Tensor, Tensor]:
     """Bins ``floor(c) - radius + 1 .. floor(c) + radius`` of each coordinate (in voxels; bin centres at the
-    integers) and their Gaussian weights, zero outside the grid. Taps further than ``radius`` voxels away
+    integers; may fall outside the grid) and their Gaussian weights. Taps further than ``radius`` voxels away
     weigh less than exp(-radius^2 / (2 sigma^2)) and are left out."""
     offsets = torch.arange(-radius + 1, radius + 1, device=coords.device)
-    bins = coords.detach().floor().long()[..., None] + offsets
-    weights = torch.exp(-((coords[..., None] - bins) ** 2) / (2 * sigma**2))
-    inside = (bins >= 0) & (bins < grid_size)
-    return bins.clamp(0, grid_size - 1), weights * inside
+    bins = coords.detach().floor()[..., None] + offsets
+    weights = torch.exp((coords[..., None] - bins) ** 2 * (-0.5 / sigma**2))
+    return bins.long(), weights
 
 
 def _marginal_cosine(student: Tensor, teacher: Tensor, grid_size: int, sigma: float, margin: float) -> Tensor:
     lower, voxel = _common_box(student, teacher, grid_size, margin)
     radius = max(1, math.ceil(8 * sigma))  # cut taps weigh < exp(-32) ~ 1e-14: below float64 resolution
+    # Every point lies inside the box, so its taps stay within ``radius`` bins of the grid: padding each axis by
+    # that much and cutting the padding off afterwards drops the outside taps without masking them.
+    padded = grid_size + 2 * radius
+    axis_offset = (torch.arange(3, device=student.device) * padded + radius)[None, :, None]
 
     def marginals(points: Tensor) -> Tensor:
-        bins, weights = _kernel_taps((points - lower) / voxel, grid_size, sigma, radius)  # [N, 3, taps]
-        hist = torch.zeros(3, grid_size, device=points.device, dtype=weights.dtype)
-        axis_offset = (torch.arange(3, device=points.device) * grid_size)[None, :, None]
-        return hist.flatten().index_add(0, (bins + axis_offset).flatten(), weights.flatten()).view(3, grid_size)
+        bins, weights = _kernel_taps((points - lower) / voxel, sigma, radius)  # [N, 3, taps]
+        hist = torch.zeros(3 * padded, device=points.device, dtype=weights.dtype)
+        hist = hist.index_add(0, (bins + axis_offset).flatten(), weights.flatten())
+        return hist.view(3, padded)[:, radius : radius + grid_size]
 
+    with torch.no_grad():
+        teacher_marginals = marginals(teacher)
     # The 3D histogram is the outer product of the three marginals, so its cosine is the product of theirs.
-    return F.cosine_similarity(marginals(student), marginals(teacher), dim=1, eps=1e-12).prod()
+    return F.cosine_similarity(marginals(student), teacher_marginals, dim=1, eps=1e-12).prod()
 
 
 class _JointSoftHistogram(torch.autograd.Function):
@@ -84,7 +89,9 @@ class _JointSoftHistogram(torch.autograd.Function):
 
     @staticmethod
     def taps(coords: Tensor, grid_size: int, sigma: float, radius: int) -> Tuple[Tensor, Tensor]:
-        bins, weights = _kernel_taps(coords, grid_size, sigma, radius)  # [n, 3, taps]
+        bins, weights = _kernel_taps(coords, sigma, radius)  # [n, 3, taps]
+        weights = weights * ((bins >= 0) & (bins < grid_size))
+        bins = bins.clamp(0, grid_size - 1)
         taps = bins.shape[-1]
         ids = (bins[:, 0, :, None, None] * grid_size + bins[:, 1, None, :, None]) * grid_size + bins[
             :, 2, None, None, :

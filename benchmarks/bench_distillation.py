@@ -1,0 +1,217 @@
+"""What distillation costs: student vs teacher step time, cache build, structural loss, importance, rendering.
+
+    python benchmarks/bench_distillation.py [--output outputs/demo] [--steps 30] [--device auto|cpu|cuda]
+
+Needs a finished ``distilled-splat run`` / ``demo`` folder (run ``distilled-splat demo`` first); everything is
+measured in this one process on one device, so the ratios compare like with like. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import torch
+from bench_rasterizer import peak_memory
+from nerfstudio.engine.optimizers import Optimizers
+from rich.console import Console
+from rich.table import Table
+
+from distilled_splat.data.teacher_cache import load_or_build, render_premultiplied
+from distilled_splat.losses import structure_loss
+from distilled_splat.recipe import STUDENT, Recipe
+from distilled_splat.teachers import load_teacher, teacher_config_path
+from distilled_splat.training import final_checkpoint, resolve_device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(run: Callable[[], None], device: torch.device, repeats: int) -> float:
+    """Median seconds of ``repeats`` runs after one warm-up."""
+    run()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_pipeline(recipe: Recipe, name: str, device: torch.device, gaussians_from: Path):
+    """``name``'s pipeline in training mode holding the Gaussians of checkpoint ``gaussians_from``."""
+    config = recipe.method_config(name)
+    config.pipeline.datamanager.prepare_run(config.get_base_dir())  # as ns-train does: finds the teacher cache
+    pipeline = config.pipeline.setup(device=device, test_mode="val")
+    state = torch.load(gaussians_from, map_location=device)
+    pipeline.load_pipeline(state["pipeline"], state["step"])
+    optimizers = Optimizers(copy.deepcopy(config.optimizers), pipeline.get_param_groups())
+    pipeline.model.step_cb(optimizers, config.max_num_iterations - 2)  # late: no resolution or SH warm-up
+    pipeline.train()
+    return pipeline, optimizers
+
+
+def step_function(pipeline, optimizers, extra: Callable[[object], None] = lambda camera: None):
+    def step() -> None:
+        camera, batch = pipeline.datamanager.next_train(0)
+        extra(camera)
+        outputs = pipeline.model.get_outputs(camera)
+        loss = sum(pipeline.model.get_loss_dict(outputs, batch).values())
+        optimizers.zero_grad_all()
+        loss.backward()
+        optimizers.optimizer_step_all()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("outputs/demo"))
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = torch.device(resolve_device(args.device))
+    recipe = Recipe.load(args.output)
+    recipe.settings.device = device.type
+    teacher_configs = [teacher_config_path(recipe.teacher_config_path(t)) for t in recipe.settings.teachers]
+    vanilla_checkpoint = final_checkpoint(recipe.method_config("vanilla"))
+    rows: List[tuple] = []
+
+    # 1. Student vs vanilla teacher step, same Gaussians (the teacher's), same cameras.
+    teacher, teacher_optimizers = training_pipeline(recipe, "vanilla", device, vanilla_checkpoint)
+    student, student_optimizers = training_pipeline(recipe, STUDENT, device, vanilla_checkpoint)
+    count = student.model.num_points
+    teacher_step = timed(step_function(teacher, teacher_optimizers), device, args.steps)
+    student_step = timed(step_function(student, student_optimizers), device, args.steps)
+    loaded = [load_teacher(config, device)[0] for config in teacher_configs]
+
+    def render_teachers(camera) -> None:
+        for pipeline in loaded:
+            render_premultiplied(pipeline, camera)
+
+    on_the_fly = timed(step_function(student, student_optimizers, render_teachers), device, args.steps)
+    rows += [
+        ("teacher training step", f"{teacher_step * 1e3:.1f} ms", f"{count:,} Gaussians"),
+        (
+            "student training step (cached teachers)",
+            f"{student_step * 1e3:.1f} ms",
+            f"{student_step / teacher_step:.2f}x teacher (target <= 1.15)",
+        ),
+        (
+            "student step, teachers rendered every step",
+            f"{on_the_fly * 1e3:.1f} ms",
+            f"{on_the_fly / teacher_step:.2f}x teacher",
+        ),
+    ]
+
+    # 2. Cache build vs one plain render per teacher per view.
+    cameras = student.datamanager.train_dataset.cameras
+    names = [Path(p).name for p in student.datamanager.train_dataparser_outputs.image_filenames]
+
+    def render_all() -> None:
+        for pipeline in loaded:
+            for view in range(len(cameras)):
+                render_premultiplied(pipeline, cameras[view : view + 1])
+
+    plain = timed(render_all, device, 1)
+    loaded.clear()  # only the cache build holds teachers from here on
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        load_or_build(Path(folder) / "cache", teacher_configs, cameras, names, "mean", device)
+        build = time.perf_counter() - start
+        view_bytes = sum(p.stat().st_size for p in (Path(folder) / "cache" / "views").iterdir()) / len(cameras)
+        shutil.rmtree(folder, ignore_errors=True)
+    rows += [
+        (
+            "teacher renders, every teacher x view",
+            f"{plain:.2f} s",
+            f"{len(teacher_configs)} teachers x {len(cameras)} views",
+        ),
+        (
+            "teacher cache build",
+            f"{build:.2f} s",
+            f"{build / plain:.2f}x plain renders (target <= 1.2); {view_bytes / 1024:.1f} KiB per view",
+        ),
+    ]
+
+    # 3. Structural loss, both modes, at the finished student's size and at 1e5 / 1e6 points, grid 256.
+    teacher_means = student.model.teacher_means.to(device)
+    small, small_optimizers = training_pipeline(
+        recipe, STUDENT, device, final_checkpoint(recipe.method_config(STUDENT))
+    )
+    small_step = timed(step_function(small, small_optimizers), device, args.steps)
+    rows.append(
+        (
+            "student training step at its final size",
+            f"{small_step * 1e3:.1f} ms",
+            f"{small.model.num_points:,} Gaussians",
+        )
+    )
+    for mode in ("marginal", "joint"):
+        for n in (small.model.num_points, 100_000, 1_000_000):
+            means = torch.randn(n, 3, device=device) * teacher_means.std(0) + teacher_means.mean(0)
+            means.requires_grad_(True)
+
+            def loss_and_grad(means=means, mode=mode) -> None:
+                structure_loss(means, teacher_means, mode=mode).backward()
+
+            seconds = timed(loss_and_grad, device, 5)
+            extra = peak_memory(loss_and_grad, device)
+            share = f"{seconds / small_step:.1%} of that step" + (
+                " (target <= 3%)" if mode == "marginal" and n < 100_000 else ""
+            )
+            rows.append(
+                (
+                    f"structural loss {mode}, N={n:,}",
+                    f"{seconds * 1e3:.1f} ms",
+                    f"{share}; peak +{extra / 2**20:.1f} MiB",
+                )
+            )
+
+    # 4. Importance over all training views vs one no-grad render pass over them.
+    model = student.model
+    model.training_cameras = cameras
+    importance = timed(model.importance, device, 1)
+
+    @torch.no_grad()
+    def render_views() -> None:
+        model.eval()
+        for view in range(len(cameras)):
+            model.get_outputs(cameras[view : view + 1].to(device))
+        model.train()
+
+    render_pass = timed(render_views, device, 1)
+    rows.append(
+        (
+            "importance, all training views",
+            f"{importance:.2f} s",
+            f"{importance / render_pass:.2f}x one render pass of {render_pass:.2f} s (target <= 2)",
+        )
+    )
+
+    # 5. Rendering speed of the finished student vs the vanilla teacher.
+    for name in ("vanilla", STUDENT):
+        pipeline, _ = load_teacher(recipe.method_config(name).get_base_dir() / "config.yml", device)
+        frame = timed(lambda p=pipeline: render_premultiplied(p, cameras[0:1]), device, 10)
+        rows.append((f"render one view, {name}", f"{frame * 1e3:.1f} ms", f"{pipeline.model.num_points:,} Gaussians"))
+
+    table = Table(title=f"distillation costs on {device} ({recipe.data.name}, {len(cameras)} training views)")
+    for column in ("measurement", "time", "comparison"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=160).print(table)
+
+
+if __name__ == "__main__":
+    main()
