@@ -130,7 +130,6 @@ class Recipe:
     def save(self) -> None:
         """Record what this output folder holds, for ``distilled-splat report`` and for re-runs."""
         record = {"data": str(self.data.resolve()), "settings": dataclasses.asdict(self.settings)}
-        self.output.mkdir(parents=True, exist_ok=True)
         write_atomically(self.output / "recipe.json", lambda path: path.write_text(json.dumps(record, indent=1)))
 
     @staticmethod

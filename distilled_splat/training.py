@@ -15,6 +15,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.engine.trainer import TrainerConfig
 
 from distilled_splat.data.datamanager import require_device
+from distilled_splat.errors import DistilledSplatError
 from distilled_splat.teachers import CHECKPOINT_NAME, read_config
 
 
@@ -91,7 +92,12 @@ def train(config: TrainerConfig, on_step: Optional[Callable[[int], None]] = None
     trainer.setup()
     if on_step is not None:
         trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], on_step))
-    trainer.train()
+    try:
+        trainer.train()
+    except DistilledSplatError as err:
+        last = latest_resumable_step(config)
+        where = "none" if last is None else str(config.get_checkpoint_dir() / f"step-{last:09d}.ckpt")
+        raise DistilledSplatError(f"{config.method_name}: {err}; last good checkpoint: {where}") from None
     return config_path
 
 
@@ -102,13 +108,21 @@ def gaussian_count(config: TrainerConfig) -> int:
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write`` with a temporary path beside ``target`` and move the result into place when it succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
-    os.close(handle)
+    """Call ``write`` with a temporary path beside ``target`` and move the result into place when it succeeds.
+
+    A failed write (disk full, no permission) leaves ``target`` as it was and raises a one-line error.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+        os.close(handle)
+    except OSError as err:
+        raise DistilledSplatError(f"cannot write {target}: {err.strerror or err}") from None
     try:
         write(Path(temporary))
         os.replace(temporary, target)
+    except OSError as err:
+        raise DistilledSplatError(f"cannot write {target}: {err.strerror or err}") from None
     finally:
         Path(temporary).unlink(missing_ok=True)
     return target

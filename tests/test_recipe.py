@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from distilled_splat import recipe as recipe_module
 from distilled_splat.cli import Run
 from distilled_splat.recipe import Recipe, RecipeSettings
 from distilled_splat.training import final_checkpoint
-from tests.conftest import run_command
+from tests.conftest import BIN, run_command
 
 STEPS = 60
 
@@ -130,3 +132,38 @@ def test_demo_writes_its_scene_once_and_runs_the_recipe_on_it(tmp_path, monkeypa
     assert json.loads((tmp_path / "report.json").read_text())["models"]["student"]["num_gaussians"] > 0
     cli.Demo(tmp_path, settings(teachers=("vanilla",))).main()  # everything finished: only the report again
     assert (tmp_path / "scene" / "transforms.json").stat().st_mtime_ns == scene_stamp
+
+
+def teacher_checkpoint_saved(output):
+    return any((output / "runs" / "distilled" / "distilled-teacher").glob("*/nerfstudio_models/*.ckpt"))
+
+
+def cache_build_started(output):
+    return any((output / "runs" / "distilled" / "distilled-splatfacto").glob(".teacher-cache.partial-*"))
+
+
+def student_checkpoint_saved(output):
+    return any((output / "runs" / "distilled" / "distilled-splatfacto").glob("*/nerfstudio_models/*.ckpt"))
+
+
+@pytest.mark.parametrize("moment", [teacher_checkpoint_saved, cache_build_started, student_checkpoint_saved])
+def test_killed_run_completes_when_run_again(tiny_scene, tmp_path, moment):
+    output = tmp_path / "out"
+    args = [
+        "distilled-splat", "run", "--data", str(tiny_scene), "--output", str(output), "--steps", str(STEPS),
+        "--device", "cpu", "--teachers", "vanilla", "dropout", "--student-args=--pipeline.model.refine-every 20",
+    ]  # fmt: skip
+    process = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not moment(output) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.kill()  # SIGKILL: no clean-up code runs
+    process.wait()
+    assert moment(output), "the run ended before the moment to kill it"
+    run_command(*args)
+    report = json.loads((output / "report.json").read_text())
+    student = report["models"]["student"]
+    assert set(report["models"]) == {"vanilla", "dropout", "student"}
+    assert 0 < student["num_gaussians"] <= round(0.1 * report["models"]["vanilla"]["num_gaussians"])
+    assert len(PlyData.read(str(output / "student.ply"))["vertex"].data) == student["num_gaussians"]
+    assert not list(output.rglob(".*partial*")), "a killed build must not leave staging folders behind"

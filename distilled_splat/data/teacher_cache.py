@@ -132,6 +132,8 @@ def build(
     device: torch.device,
 ) -> dict:
     """Render every teacher at every camera (one teacher in memory at a time), aggregate, write atomically."""
+    for stale in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):  # left by a killed build
+        shutil.rmtree(stale, ignore_errors=True)
     staging = cache_dir.parent / f".{cache_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         (staging / "views").mkdir(parents=True)
@@ -172,6 +174,8 @@ def build(
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
         replace_dir(staging, cache_dir)
         return manifest
+    except OSError as err:
+        raise DistilledSplatError(f"cannot write the teacher cache {cache_dir}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

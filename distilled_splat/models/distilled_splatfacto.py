@@ -105,6 +105,12 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         self.strategy = CappedDefaultStrategy(**fields, max_count=self.config.max_gaussians)
         self.teacher_means: Optional[Tensor] = self.kwargs.get("metadata", {}).get("teacher_means")
         self.training_cameras: Optional[Cameras] = None
+        target = self.config.target_gaussians
+        if target is not None and self.teacher_means is not None and not 1 <= target <= len(self.teacher_means):
+            raise DistilledSplatError(
+                f"--pipeline.model.target-gaussians {target}: must be between 1 and the vanilla teacher's "
+                f"{len(self.teacher_means)} Gaussians"
+            )
 
     def budget(self) -> Optional[int]:
         """Most Gaussians allowed after the second prune, or None for no budget."""

@@ -18,6 +18,7 @@ from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoMode
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
+from distilled_splat.errors import DistilledSplatError
 from distilled_splat.rendering import rasterize
 
 
@@ -180,6 +181,13 @@ class PortableSplatfactoModel(SplatfactoModel):
         if background.shape[0] == 3 and not self.training:
             background = background.expand(height, width, 3)
         return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
+
+    def step_post_backward(self, step: int) -> None:
+        super().step_post_backward(step)
+        # A non-finite parameter spreads to every Gaussian it overlaps within a few steps; stop at the first.
+        for name in ("means", "scales", "opacities"):
+            if not bool(torch.isfinite(self.gauss_params[name]).all()):
+                raise DistilledSplatError(f"training diverged at step {step}: NaN or Inf in the Gaussians' {name}")
 
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
