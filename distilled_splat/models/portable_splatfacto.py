@@ -182,6 +182,19 @@ class PortableSplatfactoModel(SplatfactoModel):
             background = background.expand(height, width, 3)
         return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
 
+    def step_cb(self, optimizers, step: int) -> None:
+        super().step_cb(optimizers, step)
+        # Resuming (ns-train --load-dir) builds the optimisers first and then loads the checkpoint, whose Gaussian
+        # count differs, so load_state_dict swaps in new Parameters the optimisers do not hold: re-point them, or
+        # a resumed run silently stops training its Gaussians.
+        for name, param in self.gauss_params.items():
+            optimizer = self.optimizers.get(name)
+            held = None if optimizer is None else optimizer.param_groups[0]["params"][0]
+            if held is not None and held is not param:
+                optimizer.param_groups[0]["params"] = [param]
+                if held in optimizer.state:
+                    optimizer.state[param] = optimizer.state.pop(held)
+
     def step_post_backward(self, step: int) -> None:
         super().step_post_backward(step)
         # A non-finite parameter spreads to every Gaussian it overlaps within a few steps; stop at the first.
