@@ -177,15 +177,11 @@ def test_killed_run_completes_when_run_again(tiny_scene, tmp_path, moment, unint
     assert 0 < student["num_gaussians"] <= round(0.1 * report["models"]["vanilla"]["num_gaussians"])
     assert len(PlyData.read(str(output / "student.ply"))["vertex"].data) == student["num_gaussians"]
     assert not list(output.rglob(".*partial*")), "a killed build must not leave staging folders behind"
-    # Same seeds: a model that was not interrupted comes out the same; a resumed one (its random state is not
-    # in the checkpoint) comes out equivalent.
+    # Same seeds, and checkpoints carry the random state, densification statistics and camera order: the
+    # interrupted run ends where the uninterrupted one does (up to float rounding, which is not bitwise
+    # reproducible on CPU).
     assert set(report["models"]) == set(uninterrupted_report["models"])
-    resumed = {teacher_checkpoint_saved: "vanilla", student_checkpoint_saved: "student"}.get(moment)
     for name, row in report["models"].items():
         expected = uninterrupted_report["models"][name]
-        resumed_model = name == resumed or (resumed == "vanilla" and name == "student")  # the student follows
-        tolerance = 1.5 if resumed_model else 0.05
-        assert row["psnr"] == pytest.approx(expected["psnr"], abs=tolerance), name
-        assert row["num_gaussians"] == pytest.approx(expected["num_gaussians"], rel=0.3 if resumed_model else 0.02), (
-            name
-        )
+        assert row["psnr"] == pytest.approx(expected["psnr"], abs=0.005), name
+        assert row["num_gaussians"] == expected["num_gaussians"], name

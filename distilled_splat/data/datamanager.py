@@ -56,6 +56,17 @@ class PortableDatamanager(FullImageDatamanager):
             check_scene(data, check_images=test_mode != "inference")
         super().__init__(config, device=device, test_mode=test_mode, **kwargs)
 
+    def get_extra_state(self) -> dict:
+        """The training camera order, saved with checkpoints so that a resumed run visits views as before."""
+        sampler = getattr(self, "random_generator", None)
+        return {"unseen": list(self.train_unseen_cameras), "sampler": None if sampler is None else sampler.getstate()}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state.get("unseen"):
+            self.train_unseen_cameras = list(state["unseen"])
+        if state.get("sampler") is not None and hasattr(self, "random_generator"):
+            self.random_generator.setstate(state["sampler"])
+
     def _load_images(self, split, cache_images_device):
         # "cpu" caching pins host memory, which needs a CUDA driver; off CUDA, caching "on the device" is the
         # same host memory without the pinning.

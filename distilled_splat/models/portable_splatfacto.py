@@ -182,8 +182,34 @@ class PortableSplatfactoModel(SplatfactoModel):
             background = background.expand(height, width, 3)
         return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
 
+    def get_extra_state(self) -> Dict[str, Tensor]:
+        """Saved with every checkpoint so that a resumed run continues exactly: gsplat's densification statistics
+        (not part of nerfstudio's checkpoints) and the random number generator state."""
+        state = {f"strategy.{key}": value for key, value in self.strategy_state.items() if isinstance(value, Tensor)}
+        state["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            state["rng.cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def set_extra_state(self, state: Dict[str, Tensor]) -> None:
+        # Applied at the next training step, so that evaluating or exporting a checkpoint changes nothing.
+        self.resume_state = state
+
+    def load_state_dict(self, state_dict, **kwargs):
+        state_dict.setdefault("_extra_state", {})  # checkpoints written before the resume state existed
+        return super().load_state_dict(state_dict, **kwargs)
+
     def step_cb(self, optimizers, step: int) -> None:
         super().step_cb(optimizers, step)
+        resume_state = getattr(self, "resume_state", None)
+        if resume_state:
+            for key, value in resume_state.items():
+                if key.startswith("strategy."):
+                    self.strategy_state[key[len("strategy.") :]] = value.to(self.device)
+            torch.set_rng_state(resume_state["rng.cpu"])
+            if "rng.cuda" in resume_state and torch.cuda.is_available():
+                torch.cuda.set_rng_state(resume_state["rng.cuda"])
+        self.resume_state = None
         # Resuming (ns-train --load-dir) builds the optimisers first and then loads the checkpoint, whose Gaussian
         # count differs, so load_state_dict swaps in new Parameters the optimisers do not hold: re-point them, or
         # a resumed run silently stops training its Gaussians.
