@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import yaml
@@ -16,6 +16,11 @@ from nerfstudio.pipelines.base_pipeline import Pipeline
 from distilled_splat.errors import DistilledSplatError
 
 CHECKPOINT_NAME = re.compile(r"step-(\d+)\.ckpt")
+
+
+def checkpoint_steps(folder: Path) -> List[int]:
+    """Steps of the ``step-NNNNNNNNN.ckpt`` files in a nerfstudio checkpoint folder, ascending."""
+    return sorted(int(m.group(1)) for p in folder.glob("step-*.ckpt") if (m := CHECKPOINT_NAME.fullmatch(p.name)))
 
 
 def teacher_config_path(teacher: Path) -> Path:
@@ -41,7 +46,7 @@ def final_checkpoint(config_path: Path) -> Path:
     """The checkpoint of the teacher's last training step; an unfinished run is refused."""
     config = read_config(config_path)
     folder = config_path.parent / config.relative_model_dir
-    steps = sorted(int(m.group(1)) for p in folder.glob("step-*.ckpt") if (m := CHECKPOINT_NAME.fullmatch(p.name)))
+    steps = checkpoint_steps(folder)
     if not steps:
         raise DistilledSplatError(f"teacher {config_path.parent} has no checkpoint in {folder}")
     last = config.max_num_iterations - 1
@@ -66,16 +71,6 @@ def load_checkpoint_state(checkpoint: Path, device: torch.device) -> dict:
         return torch.load(checkpoint, map_location=device)
     except Exception as err:  # truncated zip, bad pickle, wrong format: all mean "unusable"
         raise DistilledSplatError(f"teacher checkpoint {checkpoint} is unreadable ({type(err).__name__})") from None
-
-
-def teacher_means(config_path: Path) -> torch.Tensor:
-    """Gaussian centres of a teacher's final checkpoint, read without building its pipeline."""
-    checkpoint = final_checkpoint(config_path)
-    state = load_checkpoint_state(checkpoint, torch.device("cpu"))
-    try:
-        return state["pipeline"]["_model.gauss_params.means"].float()
-    except KeyError:
-        raise DistilledSplatError(f"teacher checkpoint {checkpoint} holds no Gaussian splat model") from None
 
 
 def load_teacher(config_path: Path, device: torch.device) -> Tuple[Pipeline, Path]:

@@ -16,7 +16,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 
 from distilled_splat.data.datamanager import require_device
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.teachers import CHECKPOINT_NAME, read_config
+from distilled_splat.teachers import checkpoint_steps, read_config
 
 
 def resolve_device(device: str) -> str:
@@ -54,10 +54,7 @@ def latest_resumable_step(config: TrainerConfig) -> Optional[int]:
     folder = config.get_checkpoint_dir()
     if not (run_dir(config) / "config.yml").is_file() or not folder.is_dir():
         return None
-    steps = sorted(
-        (int(m.group(1)) for p in folder.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name))), reverse=True
-    )
-    for step in steps:
+    for step in reversed(checkpoint_steps(folder)):
         path = folder / f"step-{step:09d}.ckpt"
         if is_complete_checkpoint(path):
             return step

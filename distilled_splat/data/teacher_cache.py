@@ -23,7 +23,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.teachers import check_same_cameras, final_checkpoint, fingerprint, load_teacher, teacher_means
+from distilled_splat.teachers import check_same_cameras, final_checkpoint, fingerprint, load_teacher
 
 FORMAT_VERSION = 1
 Aggregation = Literal["mean", "median"]
@@ -139,8 +139,13 @@ def build(
         (staging / "views").mkdir(parents=True)
         with progress_bar() as progress:
             for index, config in enumerate(teacher_configs):
-                pipeline, _ = load_teacher(config, device)
+                pipeline, checkpoint = load_teacher(config, device)
                 check_same_cameras(pipeline.datamanager.train_dataparser_outputs.cameras, cameras, str(config.parent))
+                if index == 0:  # the vanilla teacher: its centres are the structural loss target
+                    means = getattr(pipeline.model, "means", None)
+                    if means is None:
+                        raise DistilledSplatError(f"teacher checkpoint {checkpoint} holds no Gaussian splat model")
+                    np.save(staging / "teacher_means.npy", means.detach().float().cpu().numpy())
                 (staging / f"teacher_{index}").mkdir()
                 task = progress.add_task(f"Rendering teacher {index + 1}/{len(teacher_configs)}", total=len(cameras))
                 for view in range(len(cameras)):
@@ -162,7 +167,6 @@ def build(
                 progress.advance(task)
         for index in range(len(teacher_configs)):
             shutil.rmtree(staging / f"teacher_{index}")
-        np.save(staging / "teacher_means.npy", teacher_means(teacher_configs[0]).numpy())
         manifest = {
             "format": FORMAT_VERSION,
             "aggregation": key.aggregation,

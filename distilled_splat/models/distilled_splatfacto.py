@@ -127,12 +127,16 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         self.training_cameras = training_callback_attributes.pipeline.datamanager.train_dataset.cameras
         return super().get_training_callbacks(training_callback_attributes)
 
+    def teacher_target(self, outputs, batch) -> Tensor:
+        """The teachers' aggregate for this batch, downscaled and composited exactly like the real image."""
+        return self.composite_with_background(self.get_gt_img(batch["teacher_image"]), outputs["background"])
+
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         weight = self.config.distill_weight
         loss_dict["gt_loss"] = (1 - weight) * loss_dict.pop("main_loss")
         if "teacher_image" in batch and weight > 0:
-            teacher = self.composite_with_background(self.get_gt_img(batch["teacher_image"]), outputs["background"])
+            teacher = self.teacher_target(outputs, batch)
             rendered = outputs["rgb"]
             if "mask" in batch:
                 mask = self._downscale_if_required(batch["mask"]).to(self.device)
@@ -154,7 +158,7 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         metrics = super().get_metrics_dict(outputs, batch)
         if "teacher_image" in batch:
-            teacher = self.composite_with_background(self.get_gt_img(batch["teacher_image"]), outputs["background"])
+            teacher = self.teacher_target(outputs, batch)
             metrics["teacher_l1"] = torch.abs(outputs["rgb"].detach() - teacher).mean()
         return metrics
 
