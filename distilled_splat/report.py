@@ -168,7 +168,9 @@ def write_report(recipe: Recipe, console: Optional[Console] = None) -> Dict:
     report = {"models": rows, "student_vs_vanilla": ratio, "views": view_files}
     write_atomically(recipe.output / "report.json", lambda path: path.write_text(json.dumps(report, indent=1)))
     write_atomically(recipe.output / "report.md", lambda path: path.write_text(markdown(rows, ratio, view_files)))
-    console = console or Console()
+    if console is None:
+        console = Console()
+        console.width = max(console.width, 132)  # room for every column: a truncated number is worse than a wrap
     console.print(table(rows))
     console.print(
         f"student: {ratio['num_gaussians']:.1%} of the vanilla teacher's Gaussians, "
