@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from distilled_splat.rendering import rasterize
-from distilled_splat.rendering.torch_rasterizer import _row_bands, rasterize_torch
+from distilled_splat.rendering.torch_rasterizer import ALPHA_MIN, _footprint, _row_bands, rasterize_torch
 from tests import reference_rasterizer as reference
 
 WIDTH, HEIGHT = 12, 10
@@ -136,6 +138,35 @@ def test_row_bands_respect_the_pair_budget():
     per_row = [sum(int(w) for lo, hi, w in zip(y_first, y_last, widths) if lo <= r <= hi) for r in range(10)]
     for start, stop in bands:
         assert sum(per_row[start:stop]) <= 20 or stop - start == 1
+
+
+def test_footprint_box_holds_every_pixel_above_the_alpha_cutoff():
+    # Elongated and faint splats, where the box is much smaller than the 3-sigma square.
+    generator = torch.Generator().manual_seed(5)
+    n, size = 400, 48
+    means2d = torch.rand(n, 2, generator=generator) * size
+    angle = torch.rand(n, generator=generator) * math.pi
+    sx, sy = torch.rand(n, generator=generator) * 6 + 0.3, torch.rand(n, generator=generator) * 0.8 + 0.3
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    cov = torch.stack(
+        [sx**2 * cos**2 + sy**2 * sin**2, (sx**2 - sy**2) * cos * sin, sx**2 * sin**2 + sy**2 * cos**2], 1
+    )
+    det = cov[:, 0] * cov[:, 2] - cov[:, 1] ** 2
+    conics = torch.stack([cov[:, 2] / det, -cov[:, 1] / det, cov[:, 0] / det], 1)
+    opacities = 10 ** (torch.rand(n, generator=generator) * 2.6 - 2.6)  # 0.0025 .. 1
+    radii = torch.ceil(3 * torch.sqrt(torch.maximum(cov[:, 0], cov[:, 2]) * 2))
+    half_x, half_y = _footprint(conics, opacities, radii)
+
+    pixels = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="xy"), -1).reshape(-1, 2)
+    d = means2d[:, None] - (pixels[None] + 0.5)  # [n, P, 2]
+    sigma = 0.5 * (conics[:, None, 0] * d[..., 0] ** 2 + conics[:, None, 2] * d[..., 1] ** 2)
+    sigma = sigma + conics[:, None, 1] * d[..., 0] * d[..., 1]
+    in_square = (d.abs() <= radii[:, None, None]).all(-1)
+    composited = in_square & (opacities[:, None] * torch.exp(-sigma) >= ALPHA_MIN)
+    in_box = (d[..., 0].abs() <= half_x[:, None]) & (d[..., 1].abs() <= half_y[:, None])
+    assert composited.sum() > 1000
+    assert not (composited & ~in_box).any()
+    assert int(in_box.sum()) < 0.6 * int(in_square.sum()), "the box should cut most of the square"
 
 
 def test_culled_gaussians_have_zero_radius_and_no_effect():

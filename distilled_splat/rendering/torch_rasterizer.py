@@ -7,7 +7,9 @@ spherical harmonics are gsplat's own PyTorch reference functions, so those parts
 
 The one deliberate difference: gsplat lets a Gaussian touch every pixel of the 16x16 tiles its footprint
 overlaps; here it touches only pixels whose centres lie inside its ``radius`` square. The two differ only at
-pixels beyond three standard deviations, where alpha is at most ``opacity * exp(-4.5)``.
+pixels beyond three standard deviations, where alpha is at most ``opacity * exp(-4.5)``. Within that square,
+pairs are only generated inside the bounding box of the ellipse where alpha reaches the 1/255 cutoff, since
+gsplat skips every pair outside it.
 
 Compositing works on a flat list of (Gaussian, pixel) pairs sorted by pixel, then depth; transmittance is a
 segmented cumulative sum of ``log(1 - alpha)``. The image is processed in bands of rows holding at most
@@ -34,7 +36,8 @@ DEFAULT_MAX_PAIRS_PER_CHUNK = 1 << 23
 
 
 class _GatherWithAbsGrad(torch.autograd.Function):
-    """``source[index]`` whose backward also adds ``|grad|`` into ``sink[sink_index]`` (gsplat's absgrad)."""
+    """``source[index]`` whose backward also adds the ``|grad|`` of the first two columns (the screen-space
+    means) into ``sink[sink_index]`` (gsplat's absgrad)."""
 
     @staticmethod
     def forward(ctx, source: Tensor, index: Tensor, sink: Tensor, sink_index: Tensor) -> Tensor:  # type: ignore[override]
@@ -46,7 +49,7 @@ class _GatherWithAbsGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         index, sink_index = ctx.saved_tensors
-        ctx.sink.index_add_(0, sink_index, grad.abs())
+        ctx.sink.index_add_(0, sink_index, grad[:, :2].abs())
         return grad.new_zeros(ctx.source_shape).index_add_(0, index, grad), None, None, None
 
 
@@ -55,6 +58,20 @@ def _pixel_span(centre: Tensor, radius: Tensor, size: int) -> Tuple[Tensor, Tens
     first = torch.ceil(centre - radius - 0.5).clamp(min=0).long()
     last = torch.floor(centre + radius - 0.5).clamp(max=size - 1).long()
     return first, last
+
+
+def _footprint(conics: Tensor, opacities: Tensor, radii: Tensor) -> Tuple[Tensor, Tensor]:
+    """Half-width and half-height of the box around the ellipse where ``alpha >= 1/255``, within ``radii``.
+
+    Pixels outside it would be culled by the alpha cutoff anyway, so generating pairs only inside it changes no
+    output; for elongated or faint splats it is much smaller than the 3-sigma square.
+    """
+    a, b, c = conics[:, 0], conics[:, 1], conics[:, 2]
+    # The covariance is the conic's inverse: its diagonal is (c, a) / det. The level set 0.5 d^T conic d = s,
+    # with s = log(255 opacity), reaches sqrt(2 s cov_xx) along x; the 1e-3 slack keeps boundary pixels.
+    level = 2.0 * torch.log(opacities * 255.0).clamp(min=0.0) * (1.0 + 1e-3) / (a * c - b * b)
+    # fmin falls back to the radius where a degenerate conic makes the square root NaN.
+    return torch.fmin(torch.sqrt(level * c), radii), torch.fmin(torch.sqrt(level * a), radii)
 
 
 def _row_bands(y_first: Tensor, y_last: Tensor, widths: Tensor, height: int, max_pairs: int) -> List[Tuple[int, int]]:
@@ -79,7 +96,8 @@ def _composite_band(
     conics: Tensor,  # [M, 3]
     opacities: Tensor,  # [M]
     colors: Tensor,  # [M, D]
-    radii: Tensor,  # [M]
+    half_x: Tensor,  # [M] footprint half-width, see _footprint
+    half_y: Tensor,  # [M]
     width: int,
     row_start: int,
     row_stop: int,
@@ -88,41 +106,39 @@ def _composite_band(
 ) -> Tuple[Tensor, Tensor]:
     """Composite rows ``[row_start, row_stop)``; returns colours [rows*W, D] and alphas [rows*W]."""
     n_pixels = (row_stop - row_start) * width
+    # Per-pair attributes come from one gather of a per-Gaussian table: one index op (and one index_add in
+    # backward) instead of one per attribute, which is where most of the time goes.
+    geometry = torch.cat([means2d, conics, opacities[:, None]], dim=1)
+    table = torch.cat([geometry, colors], dim=1)
     with torch.no_grad():
-        x_first, x_last = _pixel_span(means2d[:, 0], radii, width)
-        y_first, y_last = _pixel_span(means2d[:, 1], radii, row_stop)
+        x_first, x_last = _pixel_span(means2d[:, 0], half_x, width)
+        y_first, y_last = _pixel_span(means2d[:, 1], half_y, row_stop)
         y_first = y_first.clamp(min=row_start)
         spans_x = (x_last - x_first + 1).clamp(min=0)
-        spans_y = (y_last - y_first + 1).clamp(min=0)
-        counts = spans_x * spans_y
+        counts = spans_x * (y_last - y_first + 1).clamp(min=0)
         gid = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
         offsets = torch.arange(len(gid), device=counts.device) - torch.repeat_interleave(
             torch.cumsum(counts, 0) - counts, counts
         )
-        px = x_first[gid] + offsets % spans_x[gid]
-        py = y_first[gid] + torch.div(offsets, spans_x[gid], rounding_mode="floor")
+        first_x, first_y, span = torch.stack([x_first, y_first, spans_x], 1)[gid].unbind(1)
+        px = first_x + offsets % span
+        py = first_y + torch.div(offsets, span, rounding_mode="floor")
 
         # Drop pairs gsplat would skip before any autograd graph is built for them.
-        dx = means2d[gid, 0] - (px + 0.5)
-        dy = means2d[gid, 1] - (py + 0.5)
-        con = conics[gid]
-        sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
-        alpha = torch.clamp_max(opacities[gid] * torch.exp(-sigma), ALPHA_MAX)
-        keep = (sigma >= 0) & (alpha >= ALPHA_MIN)
+        keep = _pair_alpha(geometry[gid], px + 0.5, py + 0.5)[1]
         gid, pix = gid[keep], ((py - row_start) * width + px)[keep]
         # Pairs are generated Gaussian-major in depth order, so a stable sort by pixel keeps depth order.
         pix, order = torch.sort(pix, stable=True)
         gid = gid[order]
 
     if absgrad_sink is not None:
-        pair_means = _GatherWithAbsGrad.apply(means2d, gid, absgrad_sink, global_ids[gid])
+        pairs = _GatherWithAbsGrad.apply(table, gid, absgrad_sink, global_ids[gid])
     else:
-        pair_means = means2d[gid]
-    dx = pair_means[:, 0] - (pix % width + 0.5)
-    dy = pair_means[:, 1] - (torch.div(pix, width, rounding_mode="floor") + row_start + 0.5)
-    con = conics[gid]
-    sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
-    alpha = torch.clamp_max(opacities[gid] * torch.exp(-sigma), ALPHA_MAX)
+        pairs = table[gid]
+    # split/unbind rather than column indexing: their backward is one cat, not a full-size zero tensor per column.
+    pair_geometry, pair_colors = pairs.split([geometry.shape[1], colors.shape[1]], dim=1)
+    pixel_y = torch.div(pix, width, rounding_mode="floor") + row_start + 0.5
+    alpha = _pair_alpha(pair_geometry, pix % width + 0.5, pixel_y)[0]
 
     # Exclusive per-pixel cumulative sum of log(1 - alpha), in float64 because the running total spans the
     # whole band and float32 would lose the small per-pixel differences.
@@ -137,12 +153,20 @@ def _composite_band(
 
     # gsplat stops a pixel at the first Gaussian that would take transmittance to 1e-4 or below, exclusive.
     alive = (transmittance * (1 - alpha)).detach() > TRANSMITTANCE_MIN
-    weights = (alpha * transmittance)[alive]
-    pix, gid = pix[alive], gid[alive]
+    weights = alpha * transmittance * alive
+    rgba = torch.cat([weights[:, None] * pair_colors, weights[:, None]], dim=1)
+    out = table.new_zeros(n_pixels, rgba.shape[1]).index_add(0, pix, rgba)
+    return out[:, :-1], out[:, -1]
 
-    out_colors = colors.new_zeros(n_pixels, colors.shape[1]).index_add(0, pix, weights[:, None] * colors[gid])
-    out_alphas = colors.new_zeros(n_pixels).index_add(0, pix, weights)
-    return out_colors, out_alphas
+
+def _pair_alpha(pair_geometry: Tensor, centre_x: Tensor, centre_y: Tensor) -> Tuple[Tensor, Tensor]:
+    """Alpha of each (Gaussian, pixel) pair from gathered rows of (mean x, mean y, conic a, b, c, opacity), and
+    whether gsplat would composite the pair."""
+    mean_x, mean_y, a, b, c, opacity = pair_geometry.unbind(1)
+    dx, dy = mean_x - centre_x, mean_y - centre_y
+    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    alpha = torch.clamp_max(opacity * torch.exp(-sigma), ALPHA_MAX)
+    return alpha, (sigma >= 0) & (alpha >= ALPHA_MIN)
 
 
 def _composite_camera(
@@ -160,12 +184,12 @@ def _composite_camera(
     """Render one camera; returns colours [H, W, D] and alphas [H, W, 1] (no background)."""
     visible = torch.nonzero(radii > 0).squeeze(1)
     visible = visible[torch.argsort(depths[visible].detach(), stable=True)]
-    v_means2d, v_radii = means2d[visible], radii[visible].to(means2d.dtype)
-    v_conics, v_opacities, v_colors = conics[visible], opacities[visible], colors[visible]
+    v_means2d, v_conics, v_opacities, v_colors = means2d[visible], conics[visible], opacities[visible], colors[visible]
 
     with torch.no_grad():
-        x_first, x_last = _pixel_span(v_means2d[:, 0], v_radii, width)
-        y_first, y_last = _pixel_span(v_means2d[:, 1], v_radii, height)
+        half_x, half_y = _footprint(v_conics, v_opacities, radii[visible].to(means2d.dtype))
+        x_first, x_last = _pixel_span(v_means2d[:, 0], half_x, width)
+        y_first, y_last = _pixel_span(v_means2d[:, 1], half_y, height)
         bands = _row_bands(y_first, y_last, (x_last - x_first + 1).clamp(min=0), height, max_pairs_per_chunk)
 
     recompute = len(bands) > 1 and torch.is_grad_enabled()
@@ -180,7 +204,7 @@ def _composite_camera(
             absgrad_sink=absgrad_sink,
             global_ids=visible,
         )
-        args = (v_means2d, v_conics, v_opacities, v_colors, v_radii)
+        args = (v_means2d, v_conics, v_opacities, v_colors, half_x, half_y)
         pieces.append(checkpoint(band, *args, use_reentrant=False) if recompute else band(*args))
     out_colors = torch.cat([p[0] for p in pieces]).reshape(height, width, -1)
     out_alphas = torch.cat([p[1] for p in pieces]).reshape(height, width, 1)
