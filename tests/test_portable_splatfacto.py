@@ -9,7 +9,6 @@ from nerfstudio.models.splatfacto import RGB2SH
 from torch import nn
 
 from distilled_splat.method_configs import distilled_teacher
-from distilled_splat.models import portable_splatfacto
 from distilled_splat.models.portable_splatfacto import UnavailableLPIPS, gsplat_viewmats
 from distilled_splat.rendering import rasterize
 from tests.helpers import build_pipeline, train_steps
@@ -34,13 +33,15 @@ def test_lpips_is_reported_only_when_it_can_be_built(monkeypatch, tiny_scene, lp
 
     monkeypatch.setattr(lpip_module, "LearnedPerceptualImagePatchSimilarity", lpips_class)
     _, pipeline, _ = build_pipeline(distilled_teacher.config, tiny_scene)
-    assert isinstance(pipeline.model.lpips, UnavailableLPIPS) != reported
-    assert portable_splatfacto.lpips_or_unavailable  # the patch is undone after construction:
-    assert lpip_module.LearnedPerceptualImagePatchSimilarity is lpips_class
+    assert lpip_module.LearnedPerceptualImagePatchSimilarity is lpips_class  # the patch is undone after construction
+    assert pipeline.model.lpips.metric is None, "LPIPS is only built when an evaluation needs it"
+    assert not any("lpips" in key for key in pipeline.state_dict())
     pipeline.eval()
     metrics = pipeline.get_average_eval_image_metrics()
+    assert isinstance(pipeline.model.lpips.metric, UnavailableLPIPS) != reported
     assert ("lpips" in metrics) == reported
     assert metrics["psnr"] > 0
+    assert not any("lpips" in key for key in pipeline.state_dict()), "checkpoints never hold LPIPS weights"
 
 
 def test_seed_points_colour_the_gaussians_on_cpu(tiny_scene):

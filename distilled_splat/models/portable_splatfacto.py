@@ -2,13 +2,15 @@
 
 Three things stop nerfstudio 1.1.5's splatfacto from running on a CPU-only machine: hard-coded ``.cuda()``
 calls (seed colours, camera intrinsics), gsplat's CUDA-only rasteriser, and LPIPS, whose backbone weights are
-downloaded when the model is built. This subclass replaces exactly those pieces and nothing else.
+downloaded when the model is built. This subclass replaces exactly those pieces and nothing else; LPIPS is
+built when first used instead, and reported as unavailable when it cannot be.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Dict, Iterator, List, Optional, Tuple, Type, Union
 
 import torch
@@ -33,22 +35,44 @@ class UnavailableLPIPS(nn.Module):
         return torch.tensor(float("nan"))
 
 
+class LazyLPIPS(nn.Module):
+    """torchmetrics' LPIPS, built on its first call, or :class:`UnavailableLPIPS` if it cannot be built.
+
+    Building it initialises an AlexNet and downloads its weights (about 0.3 s on a CPU even when the download
+    fails), which rendering and training never need: a teacher loaded to fill the cache would pay it for
+    nothing. The built metric is kept out of the module tree, so checkpoints never hold its fixed weights.
+    """
+
+    def __init__(self, metric_class: Type[nn.Module], *args, **kwargs):
+        super().__init__()
+        self.__dict__["metric"] = None
+        self.__dict__["make_metric"] = lambda: metric_class(*args, **kwargs)
+
+    def build(self) -> nn.Module:
+        if self.metric is None:
+            try:
+                self.__dict__["metric"] = self.make_metric()
+            except Exception as err:  # the download can fail in many ways (DNS, refused, SSL, timeout)
+                reason = f"{type(err).__name__}: {err}".splitlines()[0]
+                CONSOLE.print(f"[yellow]LPIPS unavailable, its backbone weights could not be loaded ({reason})")
+                self.__dict__["metric"] = UnavailableLPIPS(reason)
+        return self.metric
+
+    @property
+    def available(self) -> bool:
+        return not isinstance(self.build(), UnavailableLPIPS)
+
+    def forward(self, images: Tensor, targets: Tensor) -> Tensor:
+        return self.build().to(images.device)(images, targets)
+
+
 @contextmanager
-def lpips_or_unavailable() -> Iterator[None]:
-    """While active, building torchmetrics' LPIPS yields :class:`UnavailableLPIPS` instead of raising offline."""
+def lazy_lpips() -> Iterator[None]:
+    """While active, building torchmetrics' LPIPS yields a :class:`LazyLPIPS` that builds it when first used."""
     import torchmetrics.image.lpip as lpip_module
 
     real = lpip_module.LearnedPerceptualImagePatchSimilarity
-
-    def build(*args, **kwargs) -> nn.Module:
-        try:
-            return real(*args, **kwargs)
-        except Exception as err:  # the download can fail in many ways (DNS, refused, SSL, timeout)
-            reason = f"{type(err).__name__}: {err}".splitlines()[0]
-            CONSOLE.print(f"[yellow]LPIPS unavailable, its backbone weights could not be loaded ({reason})")
-            return UnavailableLPIPS(reason)
-
-    lpip_module.LearnedPerceptualImagePatchSimilarity = build
+    lpip_module.LearnedPerceptualImagePatchSimilarity = partial(LazyLPIPS, real)
     try:
         yield
     finally:
@@ -90,7 +114,7 @@ class PortableSplatfactoModel(SplatfactoModel):
             # splatfacto allocates seed colours with a hard-coded .cuda(); give it colourless seeds and colour
             # the Gaussians here instead.
             self.seed_points = (seed[0], seed[1][:0])
-        with lpips_or_unavailable():
+        with lazy_lpips():
             super().populate_modules()
         self.seed_points = seed
         if colour_from_seed:
@@ -100,7 +124,7 @@ class PortableSplatfactoModel(SplatfactoModel):
 
     @property
     def lpips_available(self) -> bool:
-        return not isinstance(self.lpips, UnavailableLPIPS)
+        return self.lpips.available
 
     def splat_inputs(self, crop_ids: Optional[Tensor]) -> Dict[str, Tensor]:
         """Activated per-Gaussian render inputs: means, quats, scales, opacities [N] and colours.
