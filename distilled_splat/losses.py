@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Tuple
+from typing import Callable, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,13 @@ def photometric_loss(
     return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - similarity), l1, similarity
 
 
-def _common_box(student: Tensor, teacher: Tensor, grid_size: int, margin: float) -> Tuple[Tensor, Tensor]:
+def _common_box(
+    student: Tensor, teacher_lower: Tensor, teacher_upper: Tensor, grid_size: int, margin: float
+) -> Tuple[Tensor, Tensor]:
     """Lower corner and voxel size of the union bounding box grown by ``margin``. Treated as constant."""
-    points = torch.cat([student.detach(), teacher.detach()])
-    lower = points.min(0).values - margin
-    upper = points.max(0).values + margin
+    points = student.detach()
+    lower = torch.minimum(points.min(0).values, teacher_lower) - margin
+    upper = torch.maximum(points.max(0).values, teacher_upper) + margin
     return lower, (upper - lower) / grid_size
 
 
@@ -40,24 +42,17 @@ def _kernel_taps(coords: Tensor, sigma: float, radius: int) -> Tuple[Tensor, Ten
     return bins.long(), weights
 
 
-def _marginal_cosine(student: Tensor, teacher: Tensor, grid_size: int, sigma: float, margin: float) -> Tensor:
-    lower, voxel = _common_box(student, teacher, grid_size, margin)
+def _marginal_histograms(points: Tensor, lower: Tensor, voxel: Tensor, grid_size: int, sigma: float) -> Tensor:
+    """[3, grid_size] soft histograms of the points along each axis."""
     radius = max(1, math.ceil(8 * sigma))  # cut taps weigh < exp(-32) ~ 1e-14: below float64 resolution
     # Every point lies inside the box, so its taps stay within ``radius`` bins of the grid: padding each axis by
     # that much and cutting the padding off afterwards drops the outside taps without masking them.
     padded = grid_size + 2 * radius
-    axis_offset = (torch.arange(3, device=student.device) * padded + radius)[None, :, None]
-
-    def marginals(points: Tensor) -> Tensor:
-        bins, weights = _kernel_taps((points - lower) / voxel, sigma, radius)  # [N, 3, taps]
-        hist = torch.zeros(3 * padded, device=points.device, dtype=weights.dtype)
-        hist = hist.index_add(0, (bins + axis_offset).flatten(), weights.flatten())
-        return hist.view(3, padded)[:, radius : radius + grid_size]
-
-    with torch.no_grad():
-        teacher_marginals = marginals(teacher)
-    # The 3D histogram is the outer product of the three marginals, so its cosine is the product of theirs.
-    return F.cosine_similarity(marginals(student), teacher_marginals, dim=1, eps=1e-12).prod()
+    axis_offset = (torch.arange(3, device=points.device) * padded + radius)[None, :, None]
+    bins, weights = _kernel_taps((points - lower) / voxel, sigma, radius)  # [N, 3, taps]
+    hist = torch.zeros(3 * padded, device=points.device, dtype=weights.dtype)
+    hist = hist.index_add(0, (bins + axis_offset).flatten(), weights.flatten())
+    return hist.view(3, padded)[:, radius : radius + grid_size]
 
 
 class _JointSoftHistogram(torch.autograd.Function):
@@ -100,16 +95,68 @@ class _JointSoftHistogram(torch.autograd.Function):
         return ids.reshape(-1), joint.reshape(len(coords) * taps**3)
 
 
-def _joint_cosine(
-    student: Tensor, teacher: Tensor, grid_size: int, sigma: float, margin: float, chunk: int = 8192
+def _joint_histogram(
+    points: Tensor, lower: Tensor, voxel: Tensor, grid_size: int, sigma: float, chunk: int = 8192
 ) -> Tensor:
-    lower, voxel = _common_box(student, teacher, grid_size, margin)
+    """[grid_size^3] soft histogram of the points."""
     radius = max(1, math.ceil(4 * sigma))
+    return _JointSoftHistogram.apply((points - lower) / voxel, grid_size, sigma, radius, chunk)
 
-    def histogram(points: Tensor) -> Tensor:
-        return _JointSoftHistogram.apply((points - lower) / voxel, grid_size, sigma, radius, chunk)
 
-    return F.cosine_similarity(histogram(student), histogram(teacher), dim=0, eps=1e-12)
+class StructureLoss:
+    """``1 - cosine`` between soft voxel histograms of the student's and a fixed teacher's point sets.
+
+    Both sets are binned on a ``grid_size``^3 grid spanning their union bounding box grown by ``margin``
+    (absolute units), each point spreading a Gaussian of ``sigma`` voxels. ``marginal`` is the reference's
+    histogram, the outer product of the three per-axis histograms, computed from the marginals in
+    O(N * grid_size) memory. ``joint`` is a true 3D histogram (a dense grid^3 buffer filled in chunks): it also
+    sees how the axes co-vary, so it is zero only when the point clouds match in 3D. The box is a constant for
+    the gradient.
+
+    The teacher's histogram is kept and reused while the box is unchanged, which it is whenever the student
+    lies inside the teacher's box: binning the (usually ten times larger) teacher set was most of the cost.
+    """
+
+    def __init__(
+        self,
+        teacher_means: Float[Tensor, "M 3"],
+        mode: StructureMode = "marginal",
+        grid_size: int = 256,
+        sigma: float = 0.5,
+        margin: float = 0.01,
+    ):
+        if grid_size < 2 or sigma <= 0:
+            raise ValueError(f"structure_loss needs grid_size >= 2 and sigma > 0, got {grid_size}, {sigma}")
+        if mode not in ("marginal", "joint"):
+            raise ValueError(f"unknown structure loss mode {mode!r}; choose 'marginal' or 'joint'")
+        self.teacher_means = teacher_means.detach()
+        self.teacher_box = self.teacher_means.min(0).values, self.teacher_means.max(0).values
+        self.mode, self.grid_size, self.sigma, self.margin = mode, grid_size, sigma, margin
+        self.cached_teacher: Optional[Tuple[Tensor, Tensor, Tensor]] = None  # (lower, voxel, histogram)
+
+    def histogram(self, points: Tensor, lower: Tensor, voxel: Tensor) -> Tensor:
+        if self.mode == "marginal":
+            return _marginal_histograms(points, lower, voxel, self.grid_size, self.sigma)
+        return _joint_histogram(points, lower, voxel, self.grid_size, self.sigma)
+
+    @torch.no_grad()
+    def teacher_histogram(self, lower: Tensor, voxel: Tensor, like: Tensor) -> Tensor:
+        cached = self.cached_teacher
+        same_kind = cached is not None and cached[0].dtype == lower.dtype and cached[0].device == lower.device
+        if not (same_kind and torch.equal(cached[0], lower) and torch.equal(cached[1], voxel)):
+            teacher = self.teacher_means.to(like)
+            self.cached_teacher = cached = (lower, voxel, self.histogram(teacher, lower, voxel))
+        return cached[2]
+
+    def __call__(self, student_means: Float[Tensor, "N 3"]) -> Tensor:
+        teacher_lower, teacher_upper = (bound.to(student_means) for bound in self.teacher_box)
+        lower, voxel = _common_box(student_means, teacher_lower, teacher_upper, self.grid_size, self.margin)
+        target = self.teacher_histogram(lower, voxel, student_means)
+        student = self.histogram(student_means, lower, voxel)
+        if self.mode == "marginal":
+            # The 3D histogram is the outer product of the three marginals, so its cosine is the product of theirs.
+            return 1 - F.cosine_similarity(student, target, dim=1, eps=1e-12).prod()
+        return 1 - F.cosine_similarity(student, target, dim=0, eps=1e-12)
 
 
 def structure_loss(
@@ -120,19 +167,6 @@ def structure_loss(
     sigma: float = 0.5,
     margin: float = 0.01,
 ) -> Tensor:
-    """``1 - cosine`` between soft voxel histograms of two point sets in their common bounding box.
-
-    Both sets are binned on a ``grid_size``^3 grid spanning the union bounding box grown by ``margin`` (absolute
-    units), each point spreading a Gaussian of ``sigma`` voxels. ``marginal`` is the reference's histogram,
-    the outer product of the three per-axis histograms, computed from the marginals in O(N * grid_size)
-    memory. ``joint`` is a true 3D histogram (a dense grid^3 buffer filled in chunks): it also sees how the axes
-    co-vary, so it is zero only when the point clouds match in 3D. The box is a constant for the gradient.
-    """
-    if grid_size < 2 or sigma <= 0:
-        raise ValueError(f"structure_loss needs grid_size >= 2 and sigma > 0, got {grid_size}, {sigma}")
-    teacher_means = teacher_means.to(student_means)
-    if mode == "marginal":
-        return 1 - _marginal_cosine(student_means, teacher_means, grid_size, sigma, margin)
-    if mode == "joint":
-        return 1 - _joint_cosine(student_means, teacher_means, grid_size, sigma, margin)
-    raise ValueError(f"unknown structure loss mode {mode!r}; choose 'marginal' or 'joint'")
+    """One evaluation of :class:`StructureLoss` (which see); keep a ``StructureLoss`` to reuse the teacher's
+    histogram across calls."""
+    return StructureLoss(teacher_means, mode, grid_size, sigma, margin)(student_means)

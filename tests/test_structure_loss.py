@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distilled_splat.losses import structure_loss
+from distilled_splat.losses import StructureLoss, structure_loss
 
 
 def reference_grid_loss(student, teacher, grid_size, sigma=0.5, margin=0.01):
@@ -86,3 +86,25 @@ def test_bad_mode_and_grid_are_refused():
         structure_loss(points, points, mode="cubic")
     with pytest.raises(ValueError, match="grid_size"):
         structure_loss(points, points, grid_size=1)
+
+
+@pytest.mark.parametrize("mode", ["marginal", "joint"])
+def test_kept_loss_reuses_the_teacher_histogram_only_while_the_box_is_unchanged(mode):
+    torch.manual_seed(3)
+    teacher = torch.randn(500, 3, dtype=torch.float64)
+    kept = StructureLoss(teacher, mode=mode, grid_size=24)
+    student = teacher[:60].clone() * 0.5  # inside the teacher's box
+    histograms = []
+    for move in (0.0, 0.1, 5.0, 0.0):  # the third step leaves the box, the fourth returns inside it
+        points = (student + move).requires_grad_(True)
+        fresh = points.detach().clone().requires_grad_(True)
+        value = kept(points)
+        expected = structure_loss(fresh, teacher, mode=mode, grid_size=24)
+        value.backward()
+        expected.backward()
+        torch.testing.assert_close(value, expected, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(points.grad, fresh.grad, atol=1e-12, rtol=1e-12)
+        histograms.append(kept.cached_teacher[2])
+    assert histograms[1] is histograms[0], "same box: the teacher histogram must be reused"
+    assert histograms[2] is not histograms[1], "a student outside the teacher's box changes the box"
+    assert histograms[3] is not histograms[2] and torch.equal(histograms[3], histograms[0])

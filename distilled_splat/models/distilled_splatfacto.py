@@ -16,7 +16,7 @@ from torch import Tensor
 
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.importance import ImportanceMode, view_importance
-from distilled_splat.losses import StructureMode, photometric_loss, structure_loss
+from distilled_splat.losses import StructureLoss, StructureMode, photometric_loss
 from distilled_splat.models.capped_strategy import CappedDefaultStrategy
 from distilled_splat.models.portable_splatfacto import (
     PortableSplatfactoModel,
@@ -105,6 +105,7 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         self.strategy = CappedDefaultStrategy(**fields, max_count=self.config.max_gaussians)
         self.teacher_means: Optional[Tensor] = self.kwargs.get("metadata", {}).get("teacher_means")
         self.training_cameras: Optional[Cameras] = None
+        self.structure_loss: Optional[StructureLoss] = None
         target = self.config.target_gaussians
         if target is not None and self.teacher_means is not None and not 1 <= target <= len(self.teacher_means):
             raise DistilledSplatError(
@@ -149,10 +150,12 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         ):
             if self.teacher_means is None:
                 raise DistilledSplatError("the structural loss needs the vanilla teacher's centres (teacher cache)")
-            loss_dict["structure_loss"] = config.structure_weight * structure_loss(
-                self.means, self.teacher_means.to(self.device), config.structure_mode, config.structure_grid,
-                config.structure_sigma, config.structure_margin,
-            )  # fmt: skip
+            if self.structure_loss is None:  # built once: it keeps the teacher's histogram between calls
+                self.structure_loss = StructureLoss(
+                    self.teacher_means.to(self.device), config.structure_mode, config.structure_grid,
+                    config.structure_sigma, config.structure_margin,
+                )  # fmt: skip
+            loss_dict["structure_loss"] = config.structure_weight * self.structure_loss(self.means)
         return loss_dict
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
