@@ -48,6 +48,21 @@ def timed(run: Callable[[], None], device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def timed_alternately(runs: List[Callable[[], None]], device: torch.device, repeats: int) -> List[float]:
+    """Median seconds of each of ``runs``, timed in turn so that drifting machine load affects all alike."""
+    for run in runs:
+        run()
+    times: List[List[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, samples in zip(runs, times):
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]
+
+
 def training_pipeline(recipe: Recipe, name: str, device: torch.device, gaussians_from: Path):
     """``name``'s pipeline in training mode holding the Gaussians of checkpoint ``gaussians_from``."""
     config = recipe.method_config(name)
@@ -91,15 +106,21 @@ def main() -> None:
     teacher, teacher_optimizers = training_pipeline(recipe, "vanilla", device, vanilla_checkpoint)
     student, student_optimizers = training_pipeline(recipe, STUDENT, device, vanilla_checkpoint)
     count = student.model.num_points
-    teacher_step = timed(step_function(teacher, teacher_optimizers), device, args.steps)
-    student_step = timed(step_function(student, student_optimizers), device, args.steps)
     loaded = [load_teacher(config, device)[0] for config in teacher_configs]
 
     def render_teachers(camera) -> None:
         for pipeline in loaded:
             render_premultiplied(pipeline, camera)
 
-    on_the_fly = timed(step_function(student, student_optimizers, render_teachers), device, args.steps)
+    teacher_step, student_step, on_the_fly = timed_alternately(
+        [
+            step_function(teacher, teacher_optimizers),
+            step_function(student, student_optimizers),
+            step_function(student, student_optimizers, render_teachers),
+        ],
+        device,
+        args.steps,
+    )
     rows += [
         ("teacher training step", f"{teacher_step * 1e3:.1f} ms", f"{count:,} Gaussians"),
         (
@@ -208,11 +229,31 @@ def main() -> None:
         )
     )
 
-    # 5. Rendering speed of the finished student vs the vanilla teacher.
+    # 5. Rendering speed of the finished student vs the vanilla teacher over every training view, and the work a
+    # frame takes: gsplat's tile intersections (each costs one 16x16 tile of a Gaussian's compositing).
+    speed = {}
     for name in ("vanilla", STUDENT):
         pipeline, _ = load_teacher(recipe.method_config(name).get_base_dir() / "config.yml", device)
-        frame = timed(lambda p=pipeline: render_premultiplied(p, cameras[0:1]), device, 10)
-        rows.append((f"render one view, {name}", f"{frame * 1e3:.1f} ms", f"{pipeline.model.num_points:,} Gaussians"))
+        tiles = []
+
+        def render_every_view(pipeline=pipeline, tiles=tiles) -> None:
+            tiles.clear()
+            for view in range(len(cameras)):
+                render_premultiplied(pipeline, cameras[view : view + 1])
+                tiles.append(int(pipeline.model.info["tiles_per_gauss"].sum()))
+
+        frame = timed(render_every_view, device, 3) / len(cameras)
+        speed[name] = (frame, pipeline.model.num_points, statistics.mean(tiles))
+    for name, (frame, count, tiles) in speed.items():
+        base_frame, base_count, base_tiles = speed["vanilla"]
+        rows.append(
+            (
+                f"render, {name}",
+                f"{frame * 1e3:.1f} ms = {1 / frame:.1f} fps",
+                f"{frame / base_frame:.2f}x the teacher's time for {count / base_count:.2f}x its Gaussians "
+                f"({count:,}) and {tiles / base_tiles:.2f}x its tile intersections ({tiles:,.0f} per frame)",
+            )
+        )
 
     table = Table(title=f"distillation costs on {device} ({recipe.data.name}, {len(cameras)} training views)")
     for column in ("measurement", "time", "comparison"):

@@ -5,19 +5,19 @@
 Runs ``distilled_splat.rendering.rasterize`` (gsplat on CUDA, the PyTorch rasteriser elsewhere) on random
 Gaussians whose footprints are a few pixels wide, as in a trained scene, with SH degree 3 and absgrad on, as
 splatfacto trains. Prints the median of ``--repeats`` timed runs after one warm-up run. Peak memory is the
-allocator's peak on CUDA and the peak process RSS above the pre-run baseline on CPU (sampled every 2 ms).
+allocator's peak on CUDA and the peak of torch's allocations recorded by torch.profiler on CPU, both above
+what was allocated before the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 from typing import Callable, Tuple
 
-import psutil
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from distilled_splat.rendering import rasterize
 
@@ -33,7 +33,11 @@ def random_gaussians(count: int, device: torch.device, seed: int = 0):
 
 
 def peak_memory(run: Callable[[], None], device: torch.device) -> int:
-    """Bytes above baseline at the peak of ``run``."""
+    """Peak bytes allocated by ``run`` above what was allocated before it.
+
+    CUDA: the caching allocator's peak. CPU: replayed from torch.profiler's record of every allocation and
+    free (sampling the process RSS misses short peaks and memory the allocator reuses).
+    """
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -41,23 +45,13 @@ def peak_memory(run: Callable[[], None], device: torch.device) -> int:
         run()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - baseline
-    process = psutil.Process()
-    baseline = process.memory_info().rss
-    peak, done = [baseline], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded:
         run()
-    finally:
-        done.set()
-        sampler.join()
-    return max(0, peak[0] - baseline)
+    allocated = peak = 0
+    for event in sorted(recorded.events(), key=lambda event: event.time_range.start):
+        allocated += event.self_cpu_memory_usage
+        peak = max(peak, allocated)
+    return peak
 
 
 def time_step(count: int, size: int, device: torch.device, repeats: int) -> Tuple[float, float, int]:
