@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import shutil
 import statistics
 import tempfile
@@ -77,7 +78,13 @@ def training_pipeline(recipe: Recipe, name: str, device: torch.device, gaussians
 
 
 def step_function(pipeline, optimizers, extra: Callable[[object], None] = lambda camera: None):
+    """One training step per call; call k trains on view k (mod the view count) whatever the pipeline, so the
+    pipelines compared see the same views (their cost varies with what each view shows)."""
+    calls = itertools.count()
+
     def step() -> None:
+        # next_train pops the first queued view and refills the queue only once it is empty.
+        pipeline.datamanager.train_unseen_cameras = [next(calls) % len(pipeline.datamanager.train_dataset)] * 2
         camera, batch = pipeline.datamanager.next_train(0)
         extra(camera)
         outputs = pipeline.model.get_outputs(camera)
