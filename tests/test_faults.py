@@ -61,8 +61,22 @@ def test_impossible_budgets_are_refused(tiny_scene, teacher_runs, tmp_path, budg
         student(tiny_scene, teacher_runs, tmp_path / "cache", target_gaussians=budget)
 
 
-def test_disk_full_while_building_the_cache_leaves_no_cache(tiny_scene, teacher_runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(teacher_cache.np, "save", disk_full)
+@pytest.mark.parametrize("failing_write", ["staged render", "aggregated view"])
+def test_disk_full_while_building_the_cache_leaves_no_cache(
+    tiny_scene, teacher_runs, tmp_path, monkeypatch, failing_write
+):
+    # Both writes happen in the cache's writer threads; the error must still reach the build.
+    real_save = np.save
+
+    def staging_fails(path, array):
+        if path.parent.name.startswith("teacher_"):  # not teacher_means.npy, which the main thread writes
+            disk_full()
+        real_save(path, array)
+
+    if failing_write == "staged render":
+        monkeypatch.setattr(teacher_cache.np, "save", staging_fails)
+    else:
+        monkeypatch.setattr(teacher_cache.Image.Image, "save", disk_full)
     with pytest.raises(DistilledSplatError, match="cannot write the teacher cache .*No space left on device"):
         student(tiny_scene, teacher_runs, tmp_path / "cache")
     assert list(tmp_path.iterdir()) == []
