@@ -36,21 +36,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(run: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Median seconds of ``repeats`` runs after one warm-up."""
-    run()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        run()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def timed_alternately(runs: List[Callable[[], None]], device: torch.device, repeats: int) -> List[float]:
-    """Median seconds of each of ``runs``, timed in turn so that drifting machine load affects all alike."""
+    """Median seconds of each of ``runs`` over ``repeats`` rounds after one warm-up round, timed in turn so that
+    drifting machine load affects all alike."""
     for run in runs:
         run()
     times: List[List[float]] = [[] for _ in runs]
@@ -62,6 +50,11 @@ def timed_alternately(runs: List[Callable[[], None]], device: torch.device, repe
             synchronize(device)
             samples.append(time.perf_counter() - start)
     return [statistics.median(samples) for samples in times]
+
+
+def timed(run: Callable[[], None], device: torch.device, repeats: int) -> float:
+    """Median seconds of ``repeats`` runs after one warm-up."""
+    return timed_alternately([run], device, repeats)[0]
 
 
 def training_pipeline(recipe: Recipe, name: str, device: torch.device, gaussians_from: Path):
