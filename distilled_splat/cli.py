@@ -31,12 +31,13 @@ class Scene:
 
 @dataclass
 class Run:
-    """Train the teachers and the student on a nerfstudio-format scene, evaluate every model on the held-out
-    views, export the student as a standard 3DGS .ply and write the report. Re-running skips finished stages
-    and resumes interrupted ones."""
+    """Train the teachers and the student on a scene, evaluate every model on the held-out views, export the
+    student as a standard 3DGS .ply and write the report. Re-running skips finished stages and resumes
+    interrupted ones."""
 
     data: Path
-    """Scene folder: transforms.json, images and a sparse point cloud (ply_file_path)."""
+    """Scene: a folder with transforms.json (nerfstudio / instant-ngp, point cloud optional) or a COLMAP folder
+    (images/ and sparse/0, as Mip-NeRF 360 ships), or the transforms.json itself."""
     output: Path
     """Folder for the runs, the teacher cache, student.ply and the report."""
     settings: tyro.conf.OmitArgPrefixes[RecipeSettings] = field(default_factory=RecipeSettings)

@@ -133,16 +133,16 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def side_by_side(panels: List[np.ndarray], captions: List[str], scale: int = 2) -> Image.Image:
+def side_by_side(panels: List[np.ndarray], captions: List[str]) -> Image.Image:
+    """The panels left to right at their own size (no resampling), one caption line per panel below them."""
     height, width = panels[0].shape[:2]
-    caption_height = 18
-    sheet = Image.new("RGB", (len(panels) * width * scale, height * scale + caption_height), "white")
+    line_height = 14
+    sheet = Image.new("RGB", (len(panels) * width, height + line_height * len(panels) + 4), "white")
     draw = ImageDraw.Draw(sheet)
-    for column, (panel, caption) in enumerate(zip(panels, captions)):
-        sheet.paste(
-            Image.fromarray(panel).resize((width * scale, height * scale), Image.NEAREST), (column * width * scale, 0)
-        )
-        draw.text((column * width * scale + 4, height * scale + 3), caption, fill="black")
+    places = ["left", "middle", "right"] if len(panels) == 3 else [f"panel {i + 1}" for i in range(len(panels))]
+    for column, (panel, caption, place) in enumerate(zip(panels, captions, places)):
+        sheet.paste(Image.fromarray(panel), (column * width, 0))
+        draw.text((2, height + 2 + column * line_height), f"{place}: {caption}", fill="black")
     return sheet
 
 

@@ -39,6 +39,9 @@ def read_config(config_path: Path) -> TrainerConfig:
         raise DistilledSplatError(f"teacher config {config_path} is unreadable: {str(err).splitlines()[0]}") from None
     if not isinstance(config, TrainerConfig):
         raise DistilledSplatError(f"teacher config {config_path} is not a nerfstudio run config")
+    # A cut-off file can still parse: yaml then builds the config from the fields it got as far as.
+    if not all(name in config.__dict__ for name in ("pipeline", "method_name", "max_num_iterations")):
+        raise DistilledSplatError(f"teacher config {config_path} is unreadable: it ends before the run's settings")
     return config
 
 

@@ -11,6 +11,7 @@ from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCall
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import TrainerConfig
 
+from distilled_splat.data.scene_inputs import dataparser_for, find_scene
 from distilled_splat.schedules import scale_to_run_length
 from distilled_splat.training import train
 
@@ -60,6 +61,7 @@ def train_run(
     """A full nerfstudio training run in this process (checkpoints, config.yml); returns the config.yml."""
     config = scale_to_run_length(method_config, steps)
     config.pipeline.datamanager.data = scene
+    config.pipeline.datamanager.dataparser = dataparser_for(find_scene(scene))
     config.output_dir = output
     config.timestamp = timestamp
     config.vis = "tensorboard"

@@ -16,10 +16,10 @@ from distilled_splat.errors import DistilledSplatError
 
 def test_tiny_scene_is_a_complete_nerfstudio_scene(tiny_scene):
     spec = PRESETS["tiny"]
-    meta = check_scene(tiny_scene)
-    assert len(meta["frames"]) == spec.num_views
-    assert ply_vertex_count(tiny_scene / meta["ply_file_path"]) == spec.num_points
-    image = np.asarray(Image.open(tiny_scene / meta["frames"][0]["file_path"]))
+    checked = check_scene(tiny_scene)
+    assert len(checked.frames) == spec.num_views
+    assert ply_vertex_count(checked.point_cloud) == spec.num_points
+    image = np.asarray(Image.open(checked.frames[0].image))
     assert image.shape == (spec.height, spec.width, 4)
     alpha = image[..., 3]
     assert 0.2 < (alpha > 0).mean() < 0.95, "objects and transparent sky should both be visible"
@@ -63,7 +63,6 @@ def rewrite(scene, change):
         (lambda m: m["frames"][2].pop("transform_matrix"), "frame 2 needs"),
         (lambda m: m["frames"][1].update(transform_matrix=[[1, 0, 0]]), "frame 1 transform_matrix"),
         (lambda m: m["frames"][4].update(file_path="images/nope.png"), "image missing"),
-        (lambda m: m.pop("ply_file_path"), "declares no sparse point cloud"),
         (lambda m: m.update(ply_file_path="missing.ply"), "point cloud missing"),
         (lambda m: m.update(w=64), "declares 64x40"),
     ],
@@ -75,6 +74,8 @@ def test_bad_transforms_are_named(scene_copy, change, message):
 
 
 def test_missing_scene_and_non_ply_point_cloud(tmp_path, scene_copy):
+    with pytest.raises(DistilledSplatError, match="no transforms.json and no COLMAP model"):
+        check_scene(tmp_path)
     with pytest.raises(DistilledSplatError, match="scene not found"):
         check_scene(tmp_path / "nowhere")
     with pytest.raises(DistilledSplatError, match="no scene given"):

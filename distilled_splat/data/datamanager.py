@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type, Union
+from typing import List, Literal, Optional, Type, Union
 
 import torch
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 
-from distilled_splat.data.scene_checks import check_scene
+from distilled_splat.data.scene_checks import CheckedScene, check_frames
+from distilled_splat.data.scene_inputs import scene_for_dataparser
 from distilled_splat.errors import DistilledSplatError
+
+_said = set()
+
+
+def say_once(message: str) -> None:
+    """Print a note about the input once per process, however many models of a recipe read the same scene."""
+    if message not in _said:
+        _said.add(message)
+        CONSOLE.print(message)
 
 
 def require_device(device: Union[torch.device, str]) -> torch.device:
@@ -27,16 +38,52 @@ def require_device(device: Union[torch.device, str]) -> torch.device:
     return device
 
 
+def scene_notes(checked: CheckedScene) -> List[str]:
+    """What a user should know about how their scene is read: a resize, a random start."""
+    notes = []
+    if checked.resolution.factor > 1:
+        notes.append(checked.resolution.note(checked.scene))
+    if checked.point_cloud is None:
+        notes.append(
+            f"no point cloud in {checked.scene.describe()}: starting from random Gaussians, as splatfacto does"
+        )
+    return notes
+
+
 @dataclass
 class PortableDatamanagerConfig(FullImageDatamanagerConfig):
-    """FullImageDatamanager that runs without CUDA and validates a nerfstudio-format scene before loading it."""
+    """FullImageDatamanager that runs without CUDA and checks its scene (transforms.json or COLMAP) first."""
 
     _target: Type = field(default_factory=lambda: PortableDatamanager)
 
+    def check_scene(self, check_images: bool = True) -> Optional[CheckedScene]:
+        """Check the scene the dataparser will read; None for dataparsers this package does not know."""
+        data = self.data if self.data is not None else self.dataparser.data
+        scene = scene_for_dataparser(self.dataparser, data)
+        if scene is None:
+            return None
+        return check_frames(scene, self.dataparser.downscale_factor, check_images)
+
     def prepare_run(self, run_dir: Path) -> None:
-        """Check every input and fill in run-dependent defaults before nerfstudio writes anything for the run."""
-        if isinstance(self.dataparser, NerfstudioDataParserConfig):
-            check_scene(self.data if self.data is not None else self.dataparser.data)
+        """Check every input and settle how the scene is read, before nerfstudio writes anything for the run.
+
+        The dataparser's downscale factor becomes concrete: the images_N folder where it exists, otherwise a
+        resize on load (nerfstudio's COLMAP parser would stop to ask about ffmpeg). A scene without a point cloud
+        is read without one, so splatfacto starts from random Gaussians. config.yml records the result.
+        """
+        checked = self.check_scene()
+        if checked is None:
+            return
+        parser, resolution = self.dataparser, checked.resolution
+        parser.downscale_factor = resolution.factor if resolution.folder else 1
+        if isinstance(parser, ColmapDataParserConfig):
+            parser.downscale_rounding_mode = resolution.rounding
+        if not resolution.folder and resolution.factor > 1:
+            self.camera_res_scale_factor /= resolution.factor
+        if checked.point_cloud is None:
+            parser.load_3D_points = False
+        for note in scene_notes(checked):
+            say_once(note)
 
 
 class PortableDatamanager(FullImageDatamanager):
@@ -50,10 +97,7 @@ class PortableDatamanager(FullImageDatamanager):
         **kwargs,
     ):
         require_device(device)
-        data = config.data if config.data is not None else config.dataparser.data
-        if isinstance(config.dataparser, NerfstudioDataParserConfig):
-            # Exporting needs no images, only the poses and point cloud.
-            check_scene(data, check_images=test_mode != "inference")
+        config.check_scene(check_images=test_mode != "inference")  # exporting needs no images
         super().__init__(config, device=device, test_mode=test_mode, **kwargs)
 
     def get_extra_state(self) -> dict:

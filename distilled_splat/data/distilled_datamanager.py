@@ -8,11 +8,12 @@ from typing import Dict, Literal, Optional, Tuple, Type, Union
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.splatfacto import SplatfactoModelConfig
 
 from distilled_splat.data.datamanager import PortableDatamanager, PortableDatamanagerConfig
 from distilled_splat.data.teacher_cache import load_or_build
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.teachers import final_checkpoint, teacher_config_path
+from distilled_splat.teachers import final_checkpoint, read_config, teacher_config_path
 
 
 @dataclass
@@ -34,7 +35,13 @@ class DistilledDatamanagerConfig(PortableDatamanagerConfig):
         if not self.teachers:
             raise DistilledSplatError("no teachers given: pass --pipeline.datamanager.teachers RUN [RUN ...]")
         for teacher in self.teachers:
-            final_checkpoint(teacher_config_path(teacher))
+            path = teacher_config_path(teacher)
+            config = read_config(path)
+            if not isinstance(config.pipeline.model, SplatfactoModelConfig):
+                raise DistilledSplatError(
+                    f"teacher {path.parent} was trained with {config.method_name}, not a Gaussian splat method"
+                )
+            final_checkpoint(path, config)
         if self.teacher_cache_dir is None:
             self.teacher_cache_dir = run_dir.parent / "teacher-cache"
 
@@ -55,10 +62,14 @@ class DistilledDatamanager(PortableDatamanager):
             return  # evaluation, the viewer and export need no teachers
         if config.teacher_cache_dir is None:
             raise DistilledSplatError("--pipeline.datamanager.teacher-cache-dir is not set")
+        # The training images are undistorted and cropped when first loaded, which rewrites the training cameras'
+        # intrinsics and sizes: load them first, so the teachers render exactly the pixels the student sees.
+        _ = self.cached_train
         cached = load_or_build(
             Path(config.teacher_cache_dir),
             [teacher_config_path(teacher) for teacher in config.teachers],
             self.train_dataset.cameras,
+            self.train_dataparser_outputs.cameras,
             [Path(name).name for name in self.train_dataparser_outputs.image_filenames],
             config.aggregation,
             torch.device(device),

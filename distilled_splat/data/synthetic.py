@@ -43,11 +43,17 @@ class SceneSpec:
     """Distance of the cameras from the scene centre."""
     seed: int = 0
     """Seed for point sampling and jitter."""
+    distortion: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    """OpenCV lens distortion k1, k2, p1, p2 the images are rendered with (and transforms.json declares)."""
 
 
 PRESETS: Dict[str, SceneSpec] = {
     "demo": SceneSpec(),
     "tiny": SceneSpec(num_views=16, width=48, height=40, num_points=400),
+    # A phone-like lens: barrel distortion about as strong as the fox capture's, relative to the image.
+    "tiny-distorted": SceneSpec(
+        num_views=16, width=48, height=40, num_points=400, distortion=(-0.25, 0.08, 0.002, -0.003)
+    ),
 }
 
 
@@ -191,13 +197,33 @@ def orbit_poses(spec: SceneSpec) -> np.ndarray:
     return np.stack(poses)
 
 
-def render_view(scene: _Scene, pose: np.ndarray, focal: float, width: int, height: int) -> np.ndarray:
-    """RGBA uint8 image [H, W, 4] of one view, 2x2 supersampled."""
+def undistort_points(x: np.ndarray, y: np.ndarray, distortion: Tuple[float, float, float, float]):
+    """Invert OpenCV's k1 k2 p1 p2 lens model on normalised image coordinates (fixed-point iteration)."""
+    k1, k2, p1, p2 = distortion
+    xu, yu = x.copy(), y.copy()
+    for _ in range(50):
+        r2 = xu * xu + yu * yu
+        radial = 1 + k1 * r2 + k2 * r2 * r2
+        dx = 2 * p1 * xu * yu + p2 * (r2 + 2 * xu * xu)
+        dy = p1 * (r2 + 2 * yu * yu) + 2 * p2 * xu * yu
+        xu, yu = (x - dx) / radial, (y - dy) / radial
+    return xu, yu
+
+
+def render_view(
+    scene: _Scene,
+    pose: np.ndarray,
+    focal: float,
+    width: int,
+    height: int,
+    distortion: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """RGBA uint8 image [H, W, 4] of one view through a lens with OpenCV ``distortion``, 2x2 supersampled."""
     ss = 2
     ys, xs = np.mgrid[0 : height * ss, 0 : width * ss]
-    px = (xs + 0.5) / ss - width / 2
-    py = (ys + 0.5) / ss - height / 2
-    dirs_cam = np.stack([px / focal, -py / focal, -np.ones_like(px, dtype=float)], axis=-1).reshape(-1, 3)
+    # Normalised OpenCV coordinates (y down) of each sample in the distorted image, then the ray it images.
+    x, y = undistort_points(((xs + 0.5) / ss - width / 2) / focal, ((ys + 0.5) / ss - height / 2) / focal, distortion)
+    dirs_cam = np.stack([x, -y, -np.ones_like(x, dtype=float)], axis=-1).reshape(-1, 3)
     dirs = _unit(dirs_cam @ pose[:3, :3].T)
     origins = np.broadcast_to(pose[:3, 3], dirs.shape)
     rgb, hit = scene.trace(origins, dirs)
@@ -238,7 +264,8 @@ def write_scene(output: Path, spec: SceneSpec = PRESETS["demo"]) -> Path:
         frames = []
         for index, pose in enumerate(orbit_poses(spec)):
             name = f"images/frame_{index:05d}.png"
-            Image.fromarray(render_view(scene, pose, focal, spec.width, spec.height)).save(staging / name)
+            image = render_view(scene, pose, focal, spec.width, spec.height, spec.distortion)
+            Image.fromarray(image).save(staging / name)
             frames.append({"file_path": name, "transform_matrix": pose.tolist()})
         points, colours = scene.surface_points(spec.num_points, rng)
         points = points + rng.normal(scale=0.005, size=points.shape)
@@ -254,6 +281,8 @@ def write_scene(output: Path, spec: SceneSpec = PRESETS["demo"]) -> Path:
             "frames": frames,
             "ply_file_path": "sparse_pc.ply",
         }
+        if any(spec.distortion):
+            transforms.update(zip(("k1", "k2", "p1", "p2"), spec.distortion))
         (staging / "transforms.json").write_text(json.dumps(transforms, indent=2))
         if output.exists():
             shutil.rmtree(output)

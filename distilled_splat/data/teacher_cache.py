@@ -147,9 +147,14 @@ def build(
     key: CacheKey,
     teacher_configs: Sequence[Path],
     cameras: Cameras,
+    scene_cameras: Cameras,
     device: torch.device,
 ) -> dict:
     """Render every teacher at every camera (one teacher in memory at a time), aggregate, write atomically.
+
+    ``cameras`` are the cameras the student trains with (after nerfstudio's undistortion and crop, so each render
+    lines up pixel for pixel with its training image); ``scene_cameras`` the same views as parsed, which is how
+    each teacher's own scene is compared with the student's.
 
     Every teacher but the last is staged on disk; each view is aggregated as soon as the last teacher has
     rendered it. Writing, aggregating and encoding run in worker threads, overlapping the rendering.
@@ -163,7 +168,9 @@ def build(
         with progress_bar() as progress, ThreadPoolExecutor(max_workers=2) as writer:
             for index, config in enumerate(teacher_configs):
                 pipeline, checkpoint = load_teacher(config, device)
-                check_same_cameras(pipeline.datamanager.train_dataparser_outputs.cameras, cameras, str(config.parent))
+                check_same_cameras(
+                    pipeline.datamanager.train_dataparser_outputs.cameras, scene_cameras, str(config.parent)
+                )
                 if index == 0:  # the vanilla teacher: its centres are the structural loss target
                     means = getattr(pipeline.model, "means", None)
                     if means is None:
@@ -226,11 +233,15 @@ def load_or_build(
     cache_dir: Path,
     teacher_configs: Sequence[Path],
     cameras: Cameras,
+    scene_cameras: Cameras,
     image_names: Sequence[str],
     aggregation: Aggregation,
     device: torch.device,
 ) -> TeacherImages:
-    """Reuse the cache if it was built from these teachers, cameras and aggregation; rebuild it otherwise."""
+    """Reuse the cache if it was built from these teachers, cameras and aggregation; rebuild it otherwise.
+
+    ``cameras``: the training cameras as the student renders them; ``scene_cameras``: as parsed (see :func:`build`).
+    """
     if not teacher_configs:
         raise DistilledSplatError("no teachers given: pass --pipeline.datamanager.teachers with trained teacher runs")
     key = cache_key(teacher_configs, cameras, image_names, aggregation)
@@ -239,7 +250,7 @@ def load_or_build(
     if contents is not None:
         return TeacherImages(*contents, rebuilt=False)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    manifest = build(cache_dir, key, teacher_configs, cameras, device)
+    manifest = build(cache_dir, key, teacher_configs, cameras, scene_cameras, device)
     contents = read_contents(cache_dir, manifest, cameras)
     if contents is None:
         raise DistilledSplatError(f"teacher cache {cache_dir} could not be read back right after building it")
