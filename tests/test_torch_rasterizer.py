@@ -238,8 +238,9 @@ def test_matches_gsplat_cuda():
 
     cpu = leaves(params)
     rgb_cpu, alpha_cpu, meta_cpu = rasterize_torch(*cpu, viewmat, K, width, height, **kwargs)
-    gpu = [t.cuda().requires_grad_(True) for t in leaves(params)]
-    rgb_gpu, alpha_gpu, meta_gpu = rasterization(*gpu, viewmat.cuda(), K.cuda(), width, height, **kwargs)
+    gpu = [t.detach().cuda().requires_grad_(True) for t in leaves(params)]
+    gpu_kwargs = {**kwargs, "backgrounds": kwargs["backgrounds"].cuda()}
+    rgb_gpu, alpha_gpu, meta_gpu = rasterization(*gpu, viewmat.cuda(), K.cuda(), width, height, **gpu_kwargs)
     torch.testing.assert_close(meta_cpu["radii"], meta_gpu["radii"].cpu())
     # gsplat lets Gaussians reach whole tiles beyond their 3-sigma square: tiny differences at footprint edges.
     assert (rgb_cpu[..., :3] - rgb_gpu[..., :3].cpu()).abs().mean() < 2e-3
