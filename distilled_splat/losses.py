@@ -153,10 +153,15 @@ class StructureLoss:
         lower, voxel = _common_box(student_means, teacher_lower, teacher_upper, self.grid_size, self.margin)
         target = self.teacher_histogram(lower, voxel, student_means)
         student = self.histogram(student_means, lower, voxel)
+        # Cosines over up to 16.7M voxels are taken in float64: float32 sums let 1 - cosine go negative (-1.8e-4
+        # for 1e5 identical points on the 256 grid), a distance below zero.
+        student, target = student.double(), target.double()
         if self.mode == "marginal":
             # The 3D histogram is the outer product of the three marginals, so its cosine is the product of theirs.
-            return 1 - F.cosine_similarity(student, target, dim=1, eps=1e-12).prod()
-        return 1 - F.cosine_similarity(student, target, dim=0, eps=1e-12)
+            cosine = F.cosine_similarity(student, target, dim=1, eps=1e-12).prod()
+        else:
+            cosine = F.cosine_similarity(student, target, dim=0, eps=1e-12)
+        return (1 - cosine).clamp_min(0).to(student_means.dtype)
 
 
 def structure_loss(

@@ -20,6 +20,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from distilled_splat.data.datamanager import PortableDatamanagerConfig, require_device
 from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfig
+from distilled_splat.errors import DistilledSplatError
 from distilled_splat.models.distilled_splatfacto import DistilledSplatfactoModelConfig
 from distilled_splat.models.dropout_splatfacto import DropoutSplatfactoModelConfig
 from distilled_splat.models.perturbed_splatfacto import PerturbedSplatfactoModelConfig
@@ -77,7 +78,21 @@ class CheckedTrainerConfig(TrainerConfig):
             datamanager.prepare_run(self.get_base_dir())
         if self.scale_schedules and self.max_num_iterations != FULL_RUN_STEPS:
             self.__dict__.update(scale_to_run_length(self, self.max_num_iterations).__dict__)
+        self.check_events_fit()
         super().save_config()
+
+    def check_events_fit(self) -> None:
+        """Refuse a run whose last step comes before one of its model's scheduled events (a prune, a window)."""
+        model = self.pipeline.model
+        if not isinstance(model, PortableSplatfactoModelConfig):
+            return
+        last = self.max_num_iterations - 1
+        for name, (step, turn_off) in model.scheduled_events().items():
+            if step > last:
+                raise DistilledSplatError(
+                    f"--pipeline.model.{name.replace('_', '-')} {step} comes after the run's last step {last}, so it "
+                    f"would never happen: move it earlier, or --scale-schedules True ({turn_off})"
+                )
 
 
 def splat_trainer_config(

@@ -10,14 +10,13 @@ from typing import Dict, List, Optional, Tuple, Type
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
-from nerfstudio.models.splatfacto import random_quat_tensor
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.importance import ImportanceMode, view_importance
 from distilled_splat.losses import StructureLoss, StructureMode, photometric_loss
-from distilled_splat.models.capped_strategy import CappedDefaultStrategy
+from distilled_splat.models.capped_strategy import CappedDefaultStrategy, set_ceiling
 from distilled_splat.models.portable_splatfacto import (
     PortableSplatfactoModel,
     PortableSplatfactoModelConfig,
@@ -94,6 +93,14 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     def step_schedule_fields(self) -> Tuple[str, ...]:
         fields = ("structure_start", "structure_stop", "structure_every", "sample_at", "prune_at")
         return (*super().step_schedule_fields(), *fields)
+
+    def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
+        events = {**super().scheduled_events(), "prune_at": (self.prune_at, "there is no student without it")}
+        if self.sample_at is not None:
+            events["sample_at"] = (self.sample_at, "--pipeline.model.sample-at None turns it off")
+        if self.structure_weight > 0:
+            events["structure_start"] = (self.structure_start, "--pipeline.model.structure-weight 0 turns it off")
+        return events
 
 
 class DistilledSplatfactoModel(PortableSplatfactoModel):
@@ -182,7 +189,7 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         for view in range(len(self.training_cameras)):
             camera = self.training_cameras[view : view + 1].to(self.device)
             total += view_importance(
-                splats, gsplat_viewmats(camera.camera_to_worlds)[0], camera.get_intrinsics_matrices()[0],
+                splats, gsplat_viewmats(camera.camera_to_worlds)[0], camera.get_intrinsics_matrices()[0].to(self.device),
                 int(camera.width), int(camera.height), self.config.importance,
             )  # fmt: skip
         return total
@@ -200,7 +207,9 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             {
                 "scales": log_scale.repeat(1, 3),
                 "opacities": torch.logit(torch.full_like(self.opacities, 0.1)),
-                "quats": random_quat_tensor(self.num_points).to(means),
+                # Re-initialised scales are isotropic, so the rotation changes nothing rendered: the reference's
+                # identity keeps the step free of random draws.
+                "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).to(means).repeat(self.num_points, 1),
                 "features_rest": torch.zeros_like(self.features_rest),
             },
         )
@@ -215,5 +224,5 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             keep = top_k_mask(torch.where(keep, importance, torch.zeros_like(importance)), budget)
         keep_only(self.gauss_params, self.optimizers, self.strategy_state, keep)
         if budget is not None:
-            self.strategy.max_count = budget  # any later growth stays within the budget
+            set_ceiling(self.strategy_state, budget)  # any later growth stays within the budget, resumed too
         CONSOLE.print(f"Step {self.step}: importance pruning kept {self.num_points} of {before} Gaussians")

@@ -61,6 +61,9 @@ class DropoutSplatfactoModelConfig(PortableSplatfactoModelConfig):
             "dropout_ramp_end",
         )
 
+    def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
+        return {**super().scheduled_events(), "dropout_start": (self.dropout_start, "train distilled-teacher instead")}
+
     def drop_rate(self, step: int) -> float:
         """The rate used at training step ``step``; 0 outside the dropout window."""
         if not in_window(step, self.dropout_start, self.dropout_stop, self.dropout_every):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Tuple, Type
+from typing import Dict, Tuple, Type
 
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
@@ -46,6 +46,9 @@ class PerturbedSplatfactoModelConfig(PortableSplatfactoModelConfig):
 
     def step_schedule_fields(self) -> Tuple[str, ...]:
         return (*super().step_schedule_fields(), "perturb_start", "perturb_stop", "perturb_every")
+
+    def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
+        return {**super().scheduled_events(), "perturb_start": (self.perturb_start, "train distilled-teacher instead")}
 
 
 class PerturbedSplatfactoModel(PortableSplatfactoModel):

@@ -103,6 +103,11 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
         """Step counts that :func:`distilled_splat.schedules.scale_to_run_length` scales with the run length."""
         return ("warmup_length", "resolution_schedule", "sh_degree_interval", "stop_screen_size_at", "stop_split_at")
 
+    def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
+        """Events this model exists for, as {setting: (first step, how to turn it off)}; a run too short for one
+        is refused before it starts (:class:`distilled_splat.method_configs.CheckedTrainerConfig`)."""
+        return {}
+
 
 class PortableSplatfactoModel(SplatfactoModel):
     config: PortableSplatfactoModelConfig
@@ -208,8 +213,13 @@ class PortableSplatfactoModel(SplatfactoModel):
 
     def get_extra_state(self) -> Dict[str, Tensor]:
         """Saved with every checkpoint so that a resumed run continues exactly: gsplat's densification statistics
-        (not part of nerfstudio's checkpoints) and the random number generator state."""
-        state = {f"strategy.{key}": value for key, value in self.strategy_state.items() if isinstance(value, Tensor)}
+        and the strategy's numbers, such as a ceiling (not part of nerfstudio's checkpoints), and the random number
+        generator state."""
+        state = {
+            f"strategy.{key}": value if isinstance(value, Tensor) else torch.tensor(value)
+            for key, value in self.strategy_state.items()
+            if isinstance(value, (Tensor, int, float))
+        }
         state["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             state["rng.cuda"] = torch.cuda.get_rng_state()
@@ -229,7 +239,9 @@ class PortableSplatfactoModel(SplatfactoModel):
         if resume_state:
             for key, value in resume_state.items():
                 if key.startswith("strategy."):
-                    self.strategy_state[key[len("strategy.") :]] = value.to(self.device)
+                    # Per-Gaussian statistics are tensors; numbers (the scene scale, a ceiling) were saved as 0-d ones.
+                    restored = value.item() if value.ndim == 0 else value.to(self.device)
+                    self.strategy_state[key[len("strategy.") :]] = restored
             torch.set_rng_state(resume_state["rng.cpu"])
             if "rng.cuda" in resume_state and torch.cuda.is_available():
                 torch.cuda.set_rng_state(resume_state["rng.cuda"])

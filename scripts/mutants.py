@@ -1,0 +1,179 @@
+"""Hand-written mutants: break one guarded behaviour at a time, run the tests that guard it, expect a failure.
+
+    .venv/bin/python scripts/mutants.py [NAME ...]
+
+Each mutant is (file, original text, broken text, pytest selection). The file is restored afterwards, also when
+the run is interrupted. Prints one line per mutant: killed (a test failed) or SURVIVED.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GUARDS = "tests/test_guarantees.py"
+
+MUTANTS = {
+    "growth cap checked only before growing": (
+        "distilled_splat/models/capped_strategy.py",
+        "        if int(candidates.sum()) > room:",
+        "        if False:",
+        GUARDS + "::test_growth_fills_the_room_exactly_with_the_highest_gradients",
+    ),
+    "ceiling ranks the lowest gradients": (
+        "distilled_splat/models/capped_strategy.py",
+        "torch.topk(ranked, room).indices",
+        "torch.topk(-ranked, room).indices",
+        GUARDS + "::test_growth_fills_the_room_exactly_with_the_highest_gradients",
+    ),
+    "ceiling not saved in checkpoints": (
+        "distilled_splat/models/portable_splatfacto.py",
+        "if isinstance(value, (Tensor, int, float))",
+        "if isinstance(value, Tensor)",
+        GUARDS + "::test_budget_holds_at_every_step_after_the_prune_even_across_a_resume",
+    ),
+    "budget not applied as a ceiling": (
+        "distilled_splat/models/distilled_splatfacto.py",
+        "            set_ceiling(self.strategy_state, budget)",
+        "            pass",
+        GUARDS + "::test_budget_holds_at_every_step_after_the_prune_even_across_a_resume",
+    ),
+    "structure cosine in float32": (
+        "distilled_splat/losses.py",
+        "student, target = student.double(), target.double()",
+        "student, target = student.float(), target.float()",
+        GUARDS + "::test_structure_loss_of_nearby_large_sets_matches_float64",
+    ),
+    "events never checked": (
+        "distilled_splat/method_configs.py",
+        "        last = self.max_num_iterations - 1\n",
+        "        last = 10**9\n",
+        GUARDS + "::test_events_after_the_last_step_are_refused_unless_turned_off",
+    ),
+    "structure loss without gradient": (
+        "distilled_splat/models/distilled_splatfacto.py",
+        'loss_dict["structure_loss"] = config.structure_weight * self.structure_loss(self.means)',
+        'loss_dict["structure_loss"] = config.structure_weight * self.structure_loss(self.means.detach())',
+        GUARDS + "::test_structure_loss_moves_the_students_centres_towards_the_teachers",
+    ),
+    "clone test reads split candidates": (
+        "distilled_splat/ops/perturb.py",
+        "    return (grads > strategy.grow_grad2d) & is_small",
+        "    return grads > strategy.grow_grad2d",
+        GUARDS + "::test_clone_candidates_are_exactly_what_gsplat_duplicates",
+    ),
+    "teacher cache from the parsed (distorted) cameras": (
+        "distilled_splat/data/distilled_datamanager.py",
+        "        _ = self.cached_train\n",
+        "",
+        "tests/test_scene_inputs.py::test_teacher_cache_lines_up_with_undistorted_training_images",
+    ),
+    "palette images accepted": (
+        "distilled_splat/data/scene_checks.py",
+        'USABLE_MODES = {"RGB", "RGBA", "L"}',
+        'USABLE_MODES = {"RGB", "RGBA", "L", "P"}',
+        "tests/test_damaged_scenes.py::test_damaged_scene_trains_or_fails_in_one_line",
+    ),
+    "singular poses accepted": (
+        "distilled_splat/data/scene_checks.py",
+        "    if abs(np.linalg.det(pose[:3, :3])) < 1e-6:",
+        "    if False:",
+        "tests/test_damaged_scenes.py::test_damaged_scene_trains_or_fails_in_one_line",
+    ),
+    # ops/, losses.py and importance.py against their own test files
+    "importance sampled with replacement": (
+        "distilled_splat/ops/prune.py",
+        "count, replacement=False, generator=generator",
+        "count, replacement=True, generator=generator",
+        "tests/test_pruning.py tests/test_fuzz.py",
+    ),
+    "mass prune keeps one share too little": (
+        "distilled_splat/ops/prune.py",
+        "<= (1 - share) * importance.double().sum()",
+        "<= (1.01 - share) * importance.double().sum()",
+        "tests/test_pruning.py tests/test_fuzz.py",
+    ),
+    "re-initialised moments kept": (
+        "distilled_splat/ops/prune.py",
+        "lambda _key, moment: torch.zeros_like(moment)",
+        "lambda _key, moment: moment",
+        "tests/test_pruning.py tests/test_fuzz.py",
+    ),
+    "perturbed moments kept": (
+        "distilled_splat/ops/perturb.py",
+        "        moment[mask] = 0\n",
+        "",
+        "tests/test_teacher_variants.py",
+    ),
+    "noise not relative to the attribute size": (
+        "distilled_splat/ops/perturb.py",
+        "return noise_scale * max(1.0, float(values.abs().mean()))",
+        "return noise_scale",
+        "tests/test_teacher_variants.py",
+    ),
+    "6D rotation noise on the quaternion's sign only": (
+        "distilled_splat/ops/perturb.py",
+        "            values[mask] = rotmat_to_quat(rotmat_from_6d(six))",
+        "            values[mask] = selected",
+        "tests/test_teacher_variants.py",
+    ),
+    "marginal kernel without the squared distance": (
+        "distilled_splat/losses.py",
+        "(coords[..., None] - bins) ** 2 * (-0.5 / sigma**2)",
+        "(coords[..., None] - bins).abs() * (-0.5 / sigma**2)",
+        "tests/test_structure_loss.py",
+    ),
+    "common box without the teacher": (
+        "distilled_splat/losses.py",
+        "lower = torch.minimum(points.min(0).values, teacher_lower) - margin",
+        "lower = points.min(0).values - margin",
+        "tests/test_structure_loss.py",
+    ),
+    "photometric weights swapped": (
+        "distilled_splat/losses.py",
+        "return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - similarity), l1, similarity",
+        "return ssim_lambda * l1 + (1 - ssim_lambda) * (1 - similarity), l1, similarity",
+        "tests/test_student.py::test_loss_terms_follow_the_definition",
+    ),
+    "area without the 3-sigma factor": (
+        "distilled_splat/importance.py",
+        "area = 9 * math.pi / torch.sqrt(det)",
+        "area = math.pi / torch.sqrt(det)",
+        "tests/test_pruning.py tests/test_fuzz.py",
+    ),
+    "importance of invisible Gaussians kept": (
+        "distilled_splat/importance.py",
+        'weights = torch.where(meta["radii"][0] > 0, weights / area, torch.zeros_like(weights))',
+        "weights = weights / area",
+        "tests/test_pruning.py tests/test_fuzz.py",
+    ),
+}
+
+
+def run(name: str) -> bool:
+    path, original, broken, selection = MUTANTS[name]
+    file = ROOT / path
+    text = file.read_text()
+    if text.count(original) != 1:
+        raise SystemExit(f"mutant {name!r}: the original text is not found exactly once in {path}")
+    try:
+        file.write_text(text.replace(original, broken))
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection.split()],
+            cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+    finally:
+        file.write_text(text)
+    return result.returncode != 0
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(MUTANTS)
+    killed = 0
+    for name in names:
+        dead = run(name)
+        killed += dead
+        print(f"{'killed  ' if dead else 'SURVIVED'} {name}", flush=True)
+    print(f"{killed} of {len(names)} mutants killed")
