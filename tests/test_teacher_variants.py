@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from gsplat.strategy.ops import duplicate
 from torch import nn
 
 from distilled_splat.errors import DistilledSplatError
@@ -55,23 +54,6 @@ def noise_teacher(tiny_scene):
     config, pipeline, optimizers = build_pipeline(config, tiny_scene, steps=30_000)
     train_steps(pipeline, optimizers, range(3))
     return pipeline.model, optimizers.optimizers
-
-
-def test_clone_candidates_are_what_the_strategy_duplicates(noise_teacher):
-    model, optimizers = noise_teacher
-    state = model.strategy_state
-    num = model.num_points
-    state["grad2d"] = torch.linspace(0, 2 * model.strategy.grow_grad2d, num)
-    state["count"] = torch.ones(num)
-    with torch.no_grad():
-        model.gauss_params["scales"][::2] = -7.0  # small enough to clone rather than split
-    candidates = clone_candidates(model.gauss_params, state, model.strategy)
-    assert 0 < int(candidates.sum()) < num
-    params = copy.deepcopy(model.gauss_params)
-    duplicate(
-        params, {k: copy.deepcopy(v) for k, v in optimizers.items() if k in params}, copy.deepcopy(state), candidates
-    )
-    assert len(params["means"]) == num + int(candidates.sum())
 
 
 @pytest.mark.parametrize("step, inside", [(499, False), (500, True), (750, False), (15_000, True), (15_500, False)])
