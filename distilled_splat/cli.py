@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import tyro
 
 from distilled_splat.data.scene_checks import check_scene
 from distilled_splat.data.synthetic import PRESETS, write_scene
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.exporters import Format
 from distilled_splat.recipe import Recipe, RecipeSettings
 from distilled_splat.report import write_report
+from distilled_splat.training import export_compact
 
 
 @dataclass
@@ -76,5 +78,34 @@ class Report:
         write_report(Recipe.load(self.output))
 
 
+@dataclass
+class Export:
+    """Write a trained model (any splatfacto run of nerfstudio, ours included) or a 3DGS PLY as a standard PLY,
+    an antimatter15 .splat or a Niantic SPZ (version 2) file, for viewers such as SuperSplat, Spark or
+    antimatter15/splat."""
+
+    output: Path
+    """File to write; its suffix (.ply, .splat, .spz) picks the format unless --format is given."""
+    load_config: Optional[Path] = None
+    """config.yml of a trained run (exported with ns-export gaussian-splat first)."""
+    ply: Optional[Path] = None
+    """Or: a 3DGS PLY to convert."""
+    format: Optional[Format] = None
+    """Output format (default: from the output's suffix)."""
+    sh_degree: Optional[int] = None
+    """Keep view-dependent colour up to this degree (0: base colour only; default: all the model has)."""
+    min_opacity: Optional[float] = None
+    """Drop Gaussians less opaque than this (each adds at most this much to any pixel); default: keep all."""
+
+    def main(self) -> None:
+        fmt = self.format or self.output.suffix.lstrip(".")
+        if fmt not in ("ply", "splat", "spz"):
+            raise DistilledSplatError(f"cannot tell the format of {self.output}: use .ply, .splat or .spz, or --format")
+        if (self.load_config is None) == (self.ply is None):
+            raise DistilledSplatError("give exactly one of --load-config (a trained run) and --ply (a 3DGS PLY)")
+        print(export_compact(self.output, fmt, self.load_config, self.ply, self.sh_degree, self.min_opacity))
+
+
 def entrypoint() -> None:
-    tyro.extras.subcommand_cli_from_dict({"run": Run, "demo": Demo, "report": Report, "scene": Scene}).main()
+    commands = {"run": Run, "demo": Demo, "report": Report, "scene": Scene, "export": Export}
+    tyro.extras.subcommand_cli_from_dict(commands).main()

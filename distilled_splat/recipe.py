@@ -31,6 +31,7 @@ from distilled_splat.method_configs import (
 from distilled_splat.schedules import scale_to_run_length
 from distilled_splat.training import (
     evaluate,
+    export_compact,
     export_ply,
     gaussian_count,
     is_trained,
@@ -42,6 +43,8 @@ from distilled_splat.training import (
 TeacherName = Literal["vanilla", "noise", "dropout"]
 TEACHER_METHODS = {"vanilla": distilled_teacher, "noise": distilled_teacher_noise, "dropout": distilled_teacher_dropout}
 STUDENT = "student"
+COMPACT_FORMATS = ("spz", "splat")
+"""Written for every model next to its PLY (see distilled_splat/exporters.py)."""
 DEFAULT_STEPS = {"cuda": 30_000, "cpu": 2000}
 """Steps per model when --steps is not given: the paper's 30000 with gsplat on a GPU; on a CPU, a length that
 trains the fox capture's four models in well under an hour on two cores."""
@@ -144,7 +147,10 @@ class Recipe:
         return self.output / "evals" / f"{name}.json"
 
     def ply_path(self, name: str) -> Path:
-        return self.output / "exports" / f"{name}.ply"
+        return self.export_path(name, "ply")
+
+    def export_path(self, name: str, fmt: str) -> Path:
+        return self.output / "exports" / f"{name}.{fmt}"
 
     def timings_path(self) -> Path:
         return self.output / "timings.json"
@@ -194,10 +200,15 @@ class Recipe:
                 progress.advance(overall)
                 if not self.ply_path(name).is_file():
                     export_ply(config_path, self.ply_path(name))
+                for fmt in COMPACT_FORMATS:
+                    if not self.export_path(name, fmt).is_file():
+                        export_compact(self.export_path(name, fmt), fmt, ply=self.ply_path(name))
                 progress.advance(overall)
-        write_atomically(
-            self.output / "student.ply", lambda path: path.write_bytes(self.ply_path(STUDENT).read_bytes())
-        )
+        for fmt in ("ply", "spz"):
+            exported = self.export_path(STUDENT, fmt)
+            write_atomically(
+                self.output / f"student.{fmt}", lambda path, src=exported: path.write_bytes(src.read_bytes())
+            )
 
     def train_stage(self, name: str, config: TrainerConfig, progress: Progress) -> None:
         if is_trained(config):

@@ -17,7 +17,18 @@ from distilled_splat.errors import DistilledSplatError
 from distilled_splat.recipe import STUDENT, Recipe
 from distilled_splat.training import gaussian_count, write_atomically
 
-FIELDS = ("psnr", "ssim", "lpips", "num_gaussians", "ply_bytes", "render_ms", "train_seconds")
+FIELDS = (
+    "psnr",
+    "ssim",
+    "lpips",
+    "num_gaussians",
+    "ply_bytes",
+    "spz_bytes",
+    "splat_bytes",
+    "render_ms",
+    "train_seconds",
+)
+BYTE_FIELDS = ("ply_bytes", "spz_bytes", "splat_bytes")
 LABELS = {"vanilla": "vanilla teacher", "noise": "noise teacher", "dropout": "dropout teacher", STUDENT: "student"}
 
 
@@ -29,7 +40,7 @@ def model_rows(recipe: Recipe) -> Dict[str, Dict[str, Optional[float]]]:
         config = recipe.method_config(name)
         try:
             results = json.loads(recipe.eval_path(name).read_text())["results"]
-            ply_bytes = recipe.ply_path(name).stat().st_size
+            sizes = {f"{fmt}_bytes": recipe.export_path(name, fmt).stat().st_size for fmt in ("ply", "spz", "splat")}
         except (OSError, ValueError, KeyError):
             raise DistilledSplatError(
                 f"{name} is not finished in {recipe.output}: run `distilled-splat run` to complete it"
@@ -39,7 +50,7 @@ def model_rows(recipe: Recipe) -> Dict[str, Dict[str, Optional[float]]]:
             "ssim": results["ssim"],
             "lpips": results.get("lpips"),  # absent when LPIPS weights could not be loaded
             "num_gaussians": gaussian_count(config),
-            "ply_bytes": ply_bytes,
+            **sizes,
             "render_ms": 1000.0 / results["fps"] if results.get("fps") else None,
             "train_seconds": timings.get(name),
         }
@@ -49,7 +60,7 @@ def model_rows(recipe: Recipe) -> Dict[str, Dict[str, Optional[float]]]:
 def ratios(rows: Dict[str, Dict]) -> Dict[str, Optional[float]]:
     student, teacher = rows[STUDENT], rows["vanilla"]
     result = {}
-    for name in ("num_gaussians", "ply_bytes", "render_ms", "train_seconds"):
+    for name in ("num_gaussians", *BYTE_FIELDS, "render_ms", "train_seconds"):
         if student[name] is not None and teacher[name]:
             result[name] = student[name] / teacher[name]
     result["psnr_gain_db"] = student["psnr"] - teacher["psnr"]
@@ -59,7 +70,7 @@ def ratios(rows: Dict[str, Dict]) -> Dict[str, Optional[float]]:
 def formatted(name: str, value) -> str:
     if value is None:
         return "n/a"
-    if name in ("num_gaussians", "ply_bytes"):
+    if name in ("num_gaussians", *BYTE_FIELDS):
         return f"{int(value):,}"
     return f"{value:.2f}" if name in ("psnr", "render_ms", "train_seconds") else f"{value:.4f}"
 
@@ -97,12 +108,20 @@ def plot(rows: Dict[str, Dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    figure, axes = plt.subplots(figsize=(5, 3.5))
+    figure, axes = plt.subplots(figsize=(5.5, 3.5))
+    markers = {"vanilla": "o", "noise": "s", "dropout": "^", STUDENT: "*"}
     for model, row in rows.items():
-        axes.scatter(row["num_gaussians"], row["psnr"], s=40)
-        axes.annotate(LABELS[model], (row["num_gaussians"], row["psnr"]), textcoords="offset points", xytext=(5, 5))
+        size = 140 if model == STUDENT else 50
+        axes.scatter(row["num_gaussians"], row["psnr"], s=size, marker=markers[model], label=LABELS[model])
+    # A legend instead of labels beside the points (the teachers' points overlap), and plain numbers on the log
+    # axis instead of matplotlib's crowded "2x10^3" minor labels.
+    axes.legend(loc="lower right", fontsize="small")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("Gaussians")
     axes.set_ylabel("held-out PSNR (dB)")
     axes.grid(alpha=0.3)

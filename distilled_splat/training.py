@@ -117,6 +117,7 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         raise DistilledSplatError(f"cannot write {target}: {err.strerror or err}") from None
     try:
         write(Path(temporary))
+        os.chmod(temporary, 0o644)  # mkstemp makes files only their owner can read
         os.replace(temporary, target)
     except OSError as err:
         raise DistilledSplatError(f"cannot write {target}: {err.strerror or err}") from None
@@ -143,3 +144,30 @@ def export_ply(config_path: Path, output_ply: Path) -> Path:
             os.replace(Path(folder) / "splat.ply", path)
 
     return write_atomically(output_ply, export)
+
+
+def export_compact(
+    target: Path,
+    fmt: str,
+    load_config: Optional[Path] = None,
+    ply: Optional[Path] = None,
+    sh_degree: Optional[int] = None,
+    min_opacity: Optional[float] = None,
+) -> str:
+    """Write a run (``load_config``) or a 3DGS PLY as ``fmt`` (ply, splat, spz) at ``target``; one-line summary."""
+    from distilled_splat.exporters import ENCODERS, cull, read_3dgs_ply
+
+    if load_config is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            splats = read_3dgs_ply(export_ply(load_config, Path(folder) / "model.ply"))
+    else:
+        splats = read_3dgs_ply(ply)
+    total = len(splats)
+    if sh_degree is not None:
+        splats = splats.with_sh_degree(sh_degree)
+    splats = cull(splats, min_opacity)
+    data = ENCODERS[fmt](splats)
+    write_atomically(target, lambda path: path.write_bytes(data))
+    removed = f"; removed {total - len(splats):,} less opaque than {min_opacity:g}" if min_opacity is not None else ""
+    per = len(data) / max(len(splats), 1)
+    return f"wrote {target}: {len(splats):,} Gaussians, {len(data):,} bytes ({per:.1f} per Gaussian){removed}"

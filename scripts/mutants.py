@@ -149,6 +149,19 @@ MUTANTS = {
         "weights = weights / area",
         "tests/test_pruning.py tests/test_fuzz.py",
     ),
+    # compact exports against an independent reader
+    "SPZ SH signs not flipped with the axes": (
+        "distilled_splat/exporters.py",
+        "    sh = (splats.f_rest * signs).transpose(0, 2, 1)",
+        "    sh = splats.f_rest.transpose(0, 2, 1)",
+        "tests/test_exports.py::test_every_format_round_trips_through_splat_transform_within_its_quantisation",
+    ),
+    "SPZ rotations not flipped with the axes": (
+        "distilled_splat/exporters.py",
+        "unit_quaternions(splats.quats) * np.array([1.0, 1.0, -1.0, -1.0])",
+        "unit_quaternions(splats.quats) * np.array([1.0, 1.0, 1.0, 1.0])",
+        "tests/test_exports.py::test_every_format_round_trips_through_splat_transform_within_its_quantisation",
+    ),
 }
 
 

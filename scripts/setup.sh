@@ -6,15 +6,17 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.distilled-splat-installed
-wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+wanted=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
-# open3d, which nerfstudio imports to read point clouds and to export, links the system libusb.
-if ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null
-    else
-        sudo apt-get update -qq && sudo apt-get install -y -qq libusb-1.0-0 >/dev/null
-    fi
+# open3d, which nerfstudio imports to read point clouds and to export, links the system libusb; the viewer test
+# opens ns-viewer in Debian's headless chromium.
+missing=()
+ldconfig -p | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
@@ -23,4 +25,8 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+# PlayCanvas's splat-transform reads the compact exports back in the tests: a reader that is not ours.
+if command -v npm >/dev/null 2>&1; then
+    npm install --silent --no-audit --no-fund --prefix .venv/node "@playcanvas/splat-transform@2.7.1" >/dev/null
+fi
 echo "$wanted" > "$stamp"

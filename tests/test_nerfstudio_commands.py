@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,9 +112,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("run", ["trained_teacher", "trained_student"])
-def test_ns_viewer_serves_the_model(request, run):
-    config = request.getfixturevalue(run)
+@contextlib.contextmanager
+def running_viewer(config):
+    """``ns-viewer`` on ``config`` as a real process; yields its port once it accepts connections."""
     port = free_port()
     process = subprocess.Popen(
         [str(BIN / "ns-viewer"), "--load-config", str(config), "--viewer.websocket-port", str(port)],
@@ -130,9 +132,63 @@ def test_ns_viewer_serves_the_model(request, run):
                 time.sleep(1)
         assert process.poll() is None, process.stdout.read()[-3000:]
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        yield port
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("run", ["trained_teacher", "trained_student"])
+def test_ns_viewer_serves_the_model(request, run):
+    with running_viewer(request.getfixturevalue(run)):
+        pass
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts" / "viewer.png"
+
+
+def coarse_colours(pixels: np.ndarray) -> np.ndarray:
+    """Colour bins (16 levels per channel) of [..., 3] uint8 pixels, as one integer each."""
+    q = pixels.reshape(-1, 3).astype(np.int64) // 16
+    return (q[:, 0] * 16 + q[:, 1]) * 16 + q[:, 2]
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it as root)"
+)
+def test_viewer_page_shows_the_student_in_a_real_browser(trained_student):
+    """ns-viewer on the student, opened by headless Chromium (software WebGL): the page's canvas shows the scene,
+    not a blank or loading frame. The screenshot is kept at outputs/test-artifacts/viewer.png."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from distilled_splat.data.teacher_cache import render_premultiplied
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    with running_viewer(trained_student) as port:
+        subprocess.run(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
+             "--window-size=1200,800", "--virtual-time-budget=30000", f"--screenshot={SCREENSHOT}",
+             f"http://127.0.0.1:{port}"],
+            capture_output=True, timeout=300,
+        )  # fmt: skip
+    page = np.asarray(Image.open(SCREENSHOT).convert("RGB")).astype(np.float64)
+    canvas = page[60:, :860].reshape(-1, 3)  # left of the control panel, below the title bar
+    bins, counts = np.unique(coarse_colours(canvas.astype(np.uint8)), return_counts=True)
+    background = canvas[coarse_colours(canvas.astype(np.uint8)) == bins[counts.argmax()]].mean(0)
+    drawn = np.linalg.norm(canvas - background, axis=1) > 30
+    assert drawn.mean() > 0.02, f"the canvas is blank or still loading ({drawn.mean():.1%} drawn)"
+    # Splats composite as a * colour + (1 - a) * background, so what is drawn departs from the background in the
+    # direction of the scene's colours: compare with the student's own renders of its training views.
+    _, pipeline, _, _ = eval_setup(trained_student, test_mode="inference")
+    cameras = pipeline.datamanager.train_dataset.cameras
+    renders = np.stack([render_premultiplied(pipeline, cameras[v : v + 1]) for v in range(len(cameras))]).astype(float)
+    colour, alpha = renders[..., :3].reshape(-1, 3) * 255, renders[..., 3].reshape(-1, 1)
+    expected = (colour - alpha * background).sum(0) / alpha.sum()
+    seen = (canvas[drawn] - background).mean(0)
+    cosine = float(seen @ expected / (np.linalg.norm(seen) * np.linalg.norm(expected)))
+    assert cosine > 0.9, f"the drawn pixels do not have the scene's colours (cosine {cosine:.2f})"
 
 
 def break_missing_transforms(scene):

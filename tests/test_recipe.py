@@ -38,12 +38,14 @@ def test_report_has_every_model_with_sane_numbers(finished_run):
         assert 10 < row["psnr"] < 60 and 0 < row["ssim"] <= 1, name
         assert row["lpips"] is None or 0 <= row["lpips"] <= 1
         assert row["num_gaussians"] > 0 and row["ply_bytes"] > 200 * row["num_gaussians"]
+        assert 0 < row["spz_bytes"] < row["splat_bytes"] < row["ply_bytes"]
         assert row["render_ms"] > 0 and row["train_seconds"] > 0
     student, vanilla = report["models"]["student"], report["models"]["vanilla"]
     assert student["num_gaussians"] <= round(0.1 * vanilla["num_gaussians"])  # the default budget
     assert report["student_vs_vanilla"]["num_gaussians"] == pytest.approx(
         student["num_gaussians"] / vanilla["num_gaussians"]
     )
+    assert (finished_run / "student.spz").read_bytes() == (finished_run / "exports" / "student.spz").read_bytes()
     markdown = (finished_run / "report.md").read_text()
     assert "| student |" in markdown and "psnr_vs_gaussians.png" in markdown
     assert Image.open(finished_run / "report" / "psnr_vs_gaussians.png").size[0] > 100
