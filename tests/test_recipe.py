@@ -187,3 +187,10 @@ def test_killed_run_completes_when_run_again(tiny_scene, tmp_path, moment, unint
         expected = uninterrupted_report["models"][name]
         assert row["psnr"] == pytest.approx(expected["psnr"], abs=0.005), name
         assert row["num_gaussians"] == expected["num_gaussians"], name
+
+
+def test_default_steps_fit_the_device(monkeypatch):
+    assert RecipeSettings(device="cpu").with_device_defaults().steps == 1000
+    assert RecipeSettings(device="cpu", steps=7).with_device_defaults().steps == 7
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert RecipeSettings(device="auto").with_device_defaults() == RecipeSettings(device="cuda", steps=30_000)
