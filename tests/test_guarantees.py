@@ -116,6 +116,10 @@ def test_budget_holds_at_every_step_after_the_prune_even_across_a_resume(tiny_sc
     for step in range(prune_at + 10, 100):
         train_steps(resumed, resumed_optimizers, range(step, step + 1))
         resumed_counts.append(resumed.model.num_points)
+    print(
+        f"budget 40: before the prune {counts[prune_at - 1]}, largest count after it {max(counts[prune_at:])}, "
+        f"after the resume {max(resumed_counts)} (steps {prune_at}-99)"
+    )
     assert max(resumed_counts) <= 40
     assert max(resumed_counts) > min(counts[prune_at:]) or max(counts[prune_at:]) == 40, "growth must be tried"
 
