@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.recipe import STUDENT, Recipe
+from distilled_splat.recipe import COMPACT_FORMATS, STUDENT, Recipe
 from distilled_splat.training import gaussian_count, write_atomically
 
 FIELDS = (
@@ -28,7 +28,7 @@ FIELDS = (
     "render_ms",
     "train_seconds",
 )
-BYTE_FIELDS = ("ply_bytes", "spz_bytes", "splat_bytes")
+BYTE_FIELDS = tuple(f"{fmt}_bytes" for fmt in ("ply", *COMPACT_FORMATS))
 LABELS = {"vanilla": "vanilla teacher", "noise": "noise teacher", "dropout": "dropout teacher", STUDENT: "student"}
 
 
@@ -40,7 +40,7 @@ def model_rows(recipe: Recipe) -> Dict[str, Dict[str, Optional[float]]]:
         config = recipe.method_config(name)
         try:
             results = json.loads(recipe.eval_path(name).read_text())["results"]
-            sizes = {f"{fmt}_bytes": recipe.export_path(name, fmt).stat().st_size for fmt in ("ply", "spz", "splat")}
+            sizes = {f"{fmt}_bytes": recipe.export_path(name, fmt).stat().st_size for fmt in ("ply", *COMPACT_FORMATS)}
         except (OSError, ValueError, KeyError):
             raise DistilledSplatError(
                 f"{name} is not finished in {recipe.output}: run `distilled-splat run` to complete it"
