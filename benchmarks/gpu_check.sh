@@ -4,31 +4,10 @@
 #
 #   benchmarks/gpu_check.sh [WHEEL_DIR]
 #
-# WHEEL_DIR: optional folder of wheels for machines without network (nerfstudio, gsplat, tyro, ... built for that
-# machine's Python). They are installed with --no-deps into a separate folder, together with this package, and
-# benchmarks/gpu_standins/ (see its README) stands in for the two imports that cannot travel. The machine's own
-# CUDA torch is kept.
+# WHEEL_DIR: see benchmarks/gpu_env.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 - <<'PY'
-import sys, torch
-if not torch.cuda.is_available():
-    sys.exit("gpu_check: no CUDA device visible to torch")
-print("gpu_check:", torch.cuda.get_device_name(0), "torch", torch.__version__, "CUDA", torch.version.cuda)
-PY
-if [ $# -ge 1 ]; then
-    site=${GPU_CHECK_SITE:-/tmp/distilled-splat-site}
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$1"/*.whl
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" .
-    export PYTHONPATH="$site:$PWD/benchmarks/gpu_standins${PYTHONPATH:+:$PYTHONPATH}"
-    export PATH="$site/bin:$PATH"
-else
-    python3 -m pip install -q --no-deps -e .
-fi
-export MAX_JOBS=${MAX_JOBS:-$(nproc)}  # gsplat compiles its CUDA kernels on first use
-start=$(date +%s)
-python3 -c "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat CUDA build failed'"
-echo "gpu_check: gsplat kernels compiled in $(( $(date +%s) - start )) s"
+source benchmarks/gpu_env.sh "${1:-}"
 tests_status=0
 python3 -m pytest -q -p no:cacheprovider -m cuda tests || tests_status=$?  # the demo and costs still run
 start=$(date +%s)

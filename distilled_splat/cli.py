@@ -12,6 +12,7 @@ from distilled_splat.data.scene_checks import check_scene
 from distilled_splat.data.synthetic import PRESETS, write_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exporters import Format
+from distilled_splat.frontier import Frontier, FrontierSettings
 from distilled_splat.recipe import Recipe, RecipeSettings
 from distilled_splat.report import write_report
 from distilled_splat.training import export_compact
@@ -68,6 +69,24 @@ class Demo:
 
 
 @dataclass
+class FrontierCommand:
+    """Train the student and its alternatives (pruned-and-finetuned vanilla, MCMC-capped splatfacto, ablations)
+    at the same Gaussian budgets and seeds, evaluate them on the held-out views and write frontier.json,
+    frontier.md and frontier.png. Reuses the teachers of a `run` in the same output folder (or trains them);
+    re-running skips finished models."""
+
+    data: Path
+    """Scene (as for `run`)."""
+    output: Path
+    """Output folder; the same as a `run`'s reuses its teachers."""
+    settings: tyro.conf.OmitArgPrefixes[RecipeSettings] = field(default_factory=RecipeSettings)
+    frontier: tyro.conf.OmitArgPrefixes[FrontierSettings] = field(default_factory=FrontierSettings)
+
+    def main(self) -> None:
+        Frontier(Recipe(self.data, self.output, self.settings), self.frontier).execute()
+
+
+@dataclass
 class Report:
     """Regenerate report.json, report.md and the images of a finished `distilled-splat run` folder."""
 
@@ -107,5 +126,7 @@ class Export:
 
 
 def entrypoint() -> None:
-    commands = {"run": Run, "demo": Demo, "report": Report, "scene": Scene, "export": Export}
+    commands = {
+        "run": Run, "demo": Demo, "frontier": FrontierCommand, "report": Report, "scene": Scene, "export": Export,
+    }  # fmt: skip
     tyro.extras.subcommand_cli_from_dict(commands).main()

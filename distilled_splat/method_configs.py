@@ -23,6 +23,7 @@ from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfi
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.models.distilled_splatfacto import DistilledSplatfactoModelConfig
 from distilled_splat.models.dropout_splatfacto import DropoutSplatfactoModelConfig
+from distilled_splat.models.mcmc_splatfacto import MCMCSplatfactoModelConfig
 from distilled_splat.models.perturbed_splatfacto import PerturbedSplatfactoModelConfig
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModelConfig
 from distilled_splat.schedules import FULL_RUN_STEPS, scale_to_run_length
@@ -138,4 +139,9 @@ distilled_teacher_dropout = MethodSpecification(
 distilled_splatfacto = MethodSpecification(
     config=splat_trainer_config("distilled-splatfacto", DistilledSplatfactoModelConfig(), DistilledDatamanagerConfig),
     description="Distilled-3DGS student: learns from real images and cached teacher renders, pruned to a budget.",
+)
+
+distilled_mcmc = MethodSpecification(
+    config=splat_trainer_config("distilled-mcmc", MCMCSplatfactoModelConfig()),
+    description="Splatfacto capped from the start (3DGS-MCMC relocation, --pipeline.model.cap-max), also on CPU.",
 )

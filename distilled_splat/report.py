@@ -108,7 +108,6 @@ def plot(rows: Dict[str, Dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     figure, axes = plt.subplots(figsize=(5.5, 3.5))
     markers = {"vanilla": "o", "noise": "s", "dropout": "^", STUDENT: "*"}
@@ -118,6 +117,14 @@ def plot(rows: Dict[str, Dict], path: Path) -> None:
     # A legend instead of labels beside the points (the teachers' points overlap), and plain numbers on the log
     # axis instead of matplotlib's crowded "2x10^3" minor labels.
     axes.legend(loc="lower right", fontsize="small")
+    save_psnr_plot(figure, axes, path)
+
+
+def save_psnr_plot(figure, axes, path: Path) -> None:
+    """Held-out PSNR against the Gaussian count on a log axis with plain tick labels, written atomically."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     axes.set_xscale("log")
     axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))

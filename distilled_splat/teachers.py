@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import yaml
@@ -77,6 +77,13 @@ def load_checkpoint_state(checkpoint: Path, device: torch.device) -> dict:
         return torch.load(checkpoint, map_location=device)
     except Exception as err:  # truncated zip, bad pickle, wrong format: all mean "unusable"
         raise DistilledSplatError(f"teacher checkpoint {checkpoint} is unreadable ({type(err).__name__})") from None
+
+
+def load_gaussians(checkpoint: Path) -> Dict[str, torch.Tensor]:
+    """The Gaussian parameters (means, scales, quats, opacities, features_dc, features_rest) of a splat checkpoint."""
+    prefix = "_model.gauss_params."
+    state = load_checkpoint_state(checkpoint, torch.device("cpu"))["pipeline"]
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def load_teacher(config_path: Path, device: torch.device) -> Tuple[Pipeline, Path]:

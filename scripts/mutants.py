@@ -17,13 +17,13 @@ GUARDS = "tests/test_guarantees.py"
 
 MUTANTS = {
     "growth cap checked only before growing": (
-        "distilled_splat/models/capped_strategy.py",
+        "distilled_splat/strategy/capped.py",
         "        if int(candidates.sum()) > room:",
         "        if False:",
         GUARDS + "::test_growth_fills_the_room_exactly_with_the_highest_gradients",
     ),
     "ceiling ranks the lowest gradients": (
-        "distilled_splat/models/capped_strategy.py",
+        "distilled_splat/strategy/capped.py",
         "torch.topk(ranked, room).indices",
         "torch.topk(-ranked, room).indices",
         GUARDS + "::test_growth_fills_the_room_exactly_with_the_highest_gradients",
@@ -35,9 +35,9 @@ MUTANTS = {
         GUARDS + "::test_budget_holds_at_every_step_after_the_prune_even_across_a_resume",
     ),
     "budget not applied as a ceiling": (
-        "distilled_splat/models/distilled_splatfacto.py",
-        "            set_ceiling(self.strategy_state, budget)",
-        "            pass",
+        "distilled_splat/strategy/compaction.py",
+        "            set_ceiling(state, self.budget)  # later growth",
+        "            pass  # later growth",
         GUARDS + "::test_budget_holds_at_every_step_after_the_prune_even_across_a_resume",
     ),
     "structure cosine in float32": (
@@ -81,6 +81,30 @@ MUTANTS = {
         "    if abs(np.linalg.det(pose[:3, :3])) < 1e-6:",
         "    if False:",
         "tests/test_damaged_scenes.py::test_damaged_scene_trains_or_fails_in_one_line",
+    ),
+    "relocation without the alternating sign": (
+        "distilled_splat/ops/relocation.py",
+        "* (-1.0) ** k / torch.sqrt(k + 1)",
+        "/ torch.sqrt(k + 1)",
+        "tests/test_relocation.py",
+    ),
+    "MCMC growth past the cap": (
+        "distilled_splat/strategy/mcmc.py",
+        "min(self.cap_max, int((1 + self.grow_fraction) * current))",
+        "int((1 + self.grow_fraction) * current)",
+        "tests/test_relocation.py",
+    ),
+    "teacher start keeps the least important": (
+        "distilled_splat/strategy/compaction.py",
+        "top_k_mask(importance(), self.budget)",
+        "top_k_mask(-importance(), self.budget)",
+        "tests/test_frontier.py",
+    ),
+    "frontier retrains finished models": (
+        "distilled_splat/frontier.py",
+        "pending = [spec for spec in specs if not self.result_path(spec).is_file()]",
+        "pending = list(specs)",
+        "tests/test_frontier.py",
     ),
     # ops/, losses.py and importance.py against their own test files
     "importance sampled with replacement": (

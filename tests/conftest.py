@@ -46,12 +46,12 @@ def ns_train(method: str, scene: Path, output: Path, *settings: str, steps: int 
 def trained_teacher(tmp_path_factory, tiny_scene) -> Path:
     """config.yml of a distilled-teacher trained by ``ns-train`` on the tiny scene on CPU.
 
-    Schedules are given verbatim so that 60 steps include densification.
+    Schedules scaled to 60 steps (so the learning rates decay as in a full run), refining every 20 steps so that
+    the run densifies (at step 20) before densification stops (step 30).
     """
     return ns_train(
-        "distilled-teacher", tiny_scene, tmp_path_factory.mktemp("runs"), "--scale-schedules", "False",
-        "--pipeline.model.warmup-length", "10", "--pipeline.model.refine-every", "20",
-    )  # fmt: skip
+        "distilled-teacher", tiny_scene, tmp_path_factory.mktemp("runs"), "--pipeline.model.refine-every", "20"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,22 @@ def train_steps(pipeline, optimizers: Optimizers, steps: range) -> None:
             callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
 
 
+def untrained_psnr(config_path: Path, count: Optional[int] = None) -> float:
+    """Held-out PSNR of the run's model as initialised, before any training step (with ``count``: only its first
+    ``count`` Gaussians, for a model trained to a budget): the baseline a trained model must beat by a margin."""
+    from distilled_splat.teachers import read_config
+
+    config = read_config(config_path)
+    torch.manual_seed(config.machine.seed)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="test")
+    model = pipeline.model
+    if count is not None:
+        for name, param in model.gauss_params.items():
+            model.gauss_params[name] = torch.nn.Parameter(param.detach()[:count])
+    pipeline.eval()
+    return float(pipeline.get_average_eval_image_metrics()["psnr"])
+
+
 def train_run(
     method_config: TrainerConfig, scene: Path, output: Path, steps: int, timestamp: str = "run", **model_settings
 ) -> Path:

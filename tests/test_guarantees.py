@@ -13,8 +13,8 @@ from torch import nn
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.losses import StructureLoss, structure_loss
 from distilled_splat.method_configs import distilled_splatfacto, distilled_teacher, distilled_teacher_noise
-from distilled_splat.models.capped_strategy import CAP_KEY, CappedDefaultStrategy, set_ceiling
 from distilled_splat.ops.perturb import clone_candidates
+from distilled_splat.strategy.capped import CAP_KEY, CappedDefaultStrategy, set_ceiling
 from tests.helpers import build_pipeline, train_steps
 
 

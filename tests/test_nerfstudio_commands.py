@@ -18,6 +18,7 @@ from PIL import Image
 from plyfile import PlyData
 
 from tests.conftest import BIN, TEACHER_STEPS, ns_train, run_command
+from tests.helpers import untrained_psnr
 
 
 def assert_one_line_error(result, expected, unwritten):
@@ -33,17 +34,12 @@ def checkpoint_state(config):
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["pipeline"]
 
 
-def test_ns_train_densifies_on_cpu(trained_teacher):
-    means = checkpoint_state(trained_teacher)["_model.gauss_params.means"]
-    assert means.shape[1] == 3 and means.shape[0] != 400, "densification should have changed the seed count"
-    assert torch.isfinite(means).all()
-
-
 def test_ns_eval_reports_real_metrics(trained_teacher, tmp_path):
     output = tmp_path / "eval.json"
     run_command("ns-eval", "--load-config", str(trained_teacher), "--output-path", str(output))
     results = json.loads(output.read_text())["results"]
-    assert 10.0 < results["psnr"] < 60.0
+    baseline = untrained_psnr(trained_teacher)
+    assert results["psnr"] > baseline + 1.5, ("60 steps should beat the initial model clearly", baseline, results)
     assert 0.0 < results["ssim"] <= 1.0
     # LPIPS needs downloaded backbone weights: either a real score or absent, never a placeholder.
     assert "lpips" not in results or math.isfinite(results["lpips"])
@@ -67,8 +63,8 @@ def ply_vertex_count_and_names(ply):
     return len(vertices.data), {p.name for p in vertices.properties}
 
 
-@pytest.mark.parametrize("method", ["distilled-teacher-noise", "distilled-teacher-dropout"])
-def test_teacher_variants_train_with_scaled_schedules_evaluate_and_export(tiny_scene, tmp_path, method):
+@pytest.mark.parametrize("method", ["distilled-teacher-noise", "distilled-teacher-dropout", "distilled-mcmc"])
+def test_teacher_variants_and_mcmc_train_with_scaled_schedules_evaluate_and_export(tiny_scene, tmp_path, method):
     config = ns_train(method, tiny_scene, tmp_path / "runs")
     saved = config.read_text()
     # 60 steps of a 30000-step recipe: densification stops at step 30 and the saved config says so.
@@ -76,7 +72,8 @@ def test_teacher_variants_train_with_scaled_schedules_evaluate_and_export(tiny_s
     assert ("perturb_every: 1\n" in saved) == (method == "distilled-teacher-noise")
     assert ("dropout_ramp_end: 30\n" in saved) == (method == "distilled-teacher-dropout")
     run_command("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
-    assert 10.0 < json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"] < 60.0
+    psnr, baseline = json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"], untrained_psnr(config)
+    assert psnr > baseline + 1.0, (psnr, baseline)
     run_command("ns-export", "gaussian-splat", "--load-config", str(config), "--output-dir", str(tmp_path))
     count, names = ply_vertex_count_and_names(tmp_path / "splat.ply")
     assert count > 0 and {"x", "opacity", "f_dc_0", "scale_0", "rot_0"} <= names
@@ -86,7 +83,11 @@ def test_student_trains_evaluates_and_exports_within_its_budget(trained_student,
     config = trained_student
     assert (config.parent.parent / "teacher-cache" / "manifest.json").is_file()
     run_command("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
-    assert 10.0 < json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"] < 60.0
+    # 30 Gaussians after 60 steps do not reach the 400 untrained seed Gaussians (15.9 against 16.9 dB when this
+    # was written); the baseline is 30 of them untrained.
+    psnr = json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"]
+    baseline = untrained_psnr(config, count=30)
+    assert psnr > baseline + 1.0, ("30 trained Gaussians should beat 30 untrained ones", psnr, baseline)
     run_command("ns-export", "gaussian-splat", "--load-config", str(config), "--output-dir", str(tmp_path))
     count, _ = ply_vertex_count_and_names(tmp_path / "splat.ply")
     checkpoint = torch.load(next((config.parent / "nerfstudio_models").glob("*.ckpt")), map_location="cpu")

@@ -16,6 +16,7 @@ from distilled_splat.cli import Run
 from distilled_splat.recipe import Recipe, RecipeSettings
 from distilled_splat.training import final_checkpoint
 from tests.conftest import BIN, run_command
+from tests.helpers import untrained_psnr
 
 STEPS = 60
 
@@ -34,8 +35,13 @@ def finished_run(tmp_path_factory, tiny_scene):
 def test_report_has_every_model_with_sane_numbers(finished_run):
     report = json.loads((finished_run / "report.json").read_text())
     assert set(report["models"]) == {"vanilla", "noise", "dropout", "student"}
+    recipe = Recipe.load(finished_run)
     for name, row in report["models"].items():
-        assert 10 < row["psnr"] < 60 and 0 < row["ssim"] <= 1, name
+        # Every model beats its untrained start by a margin; the student (40 Gaussians after 60 steps does not
+        # reach the 400 untrained seed points: 16.4 against 16.9 dB) beats as many of them as it keeps.
+        config = recipe.method_config(name).get_base_dir() / "config.yml"
+        baseline = untrained_psnr(config, count=row["num_gaussians"] if name == "student" else None)
+        assert row["psnr"] > baseline + 1.0 and 0 < row["ssim"] <= 1, (name, row["psnr"], baseline)
         assert row["lpips"] is None or 0 <= row["lpips"] <= 1
         assert row["num_gaussians"] > 0 and row["ply_bytes"] > 200 * row["num_gaussians"]
         assert 0 < row["spz_bytes"] < row["splat_bytes"] < row["ply_bytes"]

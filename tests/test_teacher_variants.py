@@ -161,18 +161,16 @@ def test_dropout_compensation_keeps_the_expected_render_and_eval_is_untouched(ti
     torch.testing.assert_close(renders.mean(0), reference, atol=0.08 * float(reference.max()), rtol=0)
 
 
-def test_variants_trained_with_the_same_seed_differ_and_vanilla_is_reproducible(tiny_scene):
-    def trained_means(method_config):
-        # A larger clone-size threshold so the tiny scene's Gaussians qualify as clone candidates in 60 steps.
+def test_training_with_one_seed_is_reproducible(tiny_scene):
+    """What the variants are is checked by their mechanisms above (exactly the clone candidates perturbed, inside
+    the window; the dropout render's expectation); a difference in trained results alone would prove nothing."""
+
+    def trained_means():
         config, pipeline, optimizers = build_pipeline(
-            method_config, tiny_scene, steps=60, seed=3, refine_every=20, densify_size_thresh=0.1
+            distilled_teacher.config, tiny_scene, steps=60, seed=3, refine_every=20
         )
         train_steps(pipeline, optimizers, range(60))
         return pipeline.model.means.detach()
 
-    vanilla = trained_means(distilled_teacher.config)
-    # CPU float reductions are not bitwise reproducible; the variants must differ far beyond that.
-    torch.testing.assert_close(trained_means(distilled_teacher.config), vanilla, atol=1e-5, rtol=0)
-    for variant in (distilled_teacher_noise.config, distilled_teacher_dropout.config):
-        means = trained_means(variant)
-        assert means.shape != vanilla.shape or (means - vanilla).abs().max() > 1e-3, variant.method_name
+    # CPU float reductions are not bitwise reproducible: equal within 1e-5.
+    torch.testing.assert_close(trained_means(), trained_means(), atol=1e-5, rtol=0)

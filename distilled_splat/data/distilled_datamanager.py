@@ -79,6 +79,8 @@ class DistilledDatamanager(PortableDatamanager):
         # The pipeline hands the training dataset's metadata to the model: this is how the student gets the
         # vanilla teacher's centres without reading the checkpoint itself.
         self.train_dataset.metadata["teacher_means"] = cached.teacher_means
+        vanilla = teacher_config_path(config.teachers[0])
+        self.train_dataset.metadata["teacher_checkpoint"] = final_checkpoint(vanilla, read_config(vanilla))
 
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
         camera, data = super().next_train(step)

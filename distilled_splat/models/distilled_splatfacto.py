@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.utils.rich_utils import CONSOLE
-from torch import Tensor
+from torch import Tensor, nn
 
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.importance import ImportanceMode, view_importance
 from distilled_splat.losses import StructureLoss, StructureMode, photometric_loss
-from distilled_splat.models.capped_strategy import CappedDefaultStrategy, set_ceiling
 from distilled_splat.models.portable_splatfacto import (
     PortableSplatfactoModel,
     PortableSplatfactoModelConfig,
     gsplat_viewmats,
 )
-from distilled_splat.ops.prune import cumulative_mass_mask, importance_sample_mask, keep_only, reinitialise, top_k_mask
 from distilled_splat.schedules import in_window
+from distilled_splat.strategy.compaction import CompactionStrategy
+from distilled_splat.teachers import load_gaussians
 
 
 @dataclass
@@ -60,9 +60,10 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     0.1, colour kept) and restart their optimiser state. None skips it."""
     sample_fraction: float = 0.5
     """Share of the visible Gaussians the first prune keeps."""
-    prune_at: int = 20000
+    prune_at: Optional[int] = 20000
     """Step of the second prune: keep the most important Gaussians holding keep-mass of the total importance,
-    then cut to the budget (target-gaussians / target-fraction) if one is set."""
+    then cut to the budget (target-gaussians / target-fraction) if one is set. None skips it (then only a
+    student that starts from the teacher, --pipeline.model.init teacher, has a budget)."""
     keep_mass: float = 0.99
     """Share of the total importance the second prune keeps."""
     max_gaussians: int = 4_500_000
@@ -72,6 +73,9 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     target_fraction: Optional[float] = 0.1
     """Budget as a fraction of the vanilla teacher's Gaussian count (ignored when target-gaussians is set).
     The default aims at the method's promise: a tenth of the Gaussians. None leaves the count to the pruning."""
+    init: Literal["points", "teacher"] = "points"
+    """'points': start from the scene's point cloud, as splatfacto does. 'teacher': start from the trained vanilla
+    teacher's Gaussians, cut to the budget by importance before the first step."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -87,6 +91,8 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
             problems.append(f"target-gaussians >= 1 (got {self.target_gaussians})")
         if self.target_fraction is not None and not 0 < self.target_fraction <= 1:
             problems.append(f"target-fraction in (0, 1] (got {self.target_fraction})")
+        if self.prune_at is None and self.init == "points" and (self.target_fraction or self.target_gaussians):
+            problems.append("a prune-at step for the budget (or --pipeline.model.init teacher)")
         if problems:
             raise DistilledSplatError(f"--pipeline.model: need {'; '.join(problems)}")
 
@@ -95,7 +101,9 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
         return (*super().step_schedule_fields(), *fields)
 
     def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
-        events = {**super().scheduled_events(), "prune_at": (self.prune_at, "there is no student without it")}
+        events = super().scheduled_events()
+        if self.prune_at is not None:
+            events["prune_at"] = (self.prune_at, "--pipeline.model.prune-at None turns it off")
         if self.sample_at is not None:
             events["sample_at"] = (self.sample_at, "--pipeline.model.sample-at None turns it off")
         if self.structure_weight > 0:
@@ -108,9 +116,8 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        fields = {f.name: getattr(self.strategy, f.name) for f in dataclasses.fields(self.strategy)}
-        self.strategy = CappedDefaultStrategy(**fields, max_count=self.config.max_gaussians)
-        self.teacher_means: Optional[Tensor] = self.kwargs.get("metadata", {}).get("teacher_means")
+        metadata = self.kwargs.get("metadata", {})
+        self.teacher_means: Optional[Tensor] = metadata.get("teacher_means")
         self.training_cameras: Optional[Cameras] = None
         self.structure_loss: Optional[StructureLoss] = None
         target = self.config.target_gaussians
@@ -119,6 +126,26 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
                 f"--pipeline.model.target-gaussians {target}: must be between 1 and the vanilla teacher's "
                 f"{len(self.teacher_means)} Gaussians"
             )
+        config = self.config
+        fields = {f.name: getattr(self.strategy, f.name) for f in dataclasses.fields(self.strategy)}
+        self.strategy = CompactionStrategy(
+            **fields, max_count=config.max_gaussians, sample_at=config.sample_at,
+            sample_fraction=config.sample_fraction, prune_at=config.prune_at, keep_mass=config.keep_mass,
+            budget=self.budget(),
+        )  # fmt: skip
+        if config.init == "teacher" and "teacher_checkpoint" in metadata:
+            self.start_from(load_gaussians(metadata["teacher_checkpoint"]))
+
+    def start_from(self, gaussians: Dict[str, Tensor]) -> None:
+        """Replace the initial Gaussians by ``gaussians`` (a trained splatfacto model's parameters)."""
+        for name, param in self.gauss_params.items():
+            value = gaussians[name]
+            if value.shape[1:] != param.shape[1:]:
+                raise DistilledSplatError(
+                    f"--pipeline.model.init teacher: the teacher's {name} have shape {tuple(value.shape[1:])} per "
+                    f"Gaussian, this model's {tuple(param.shape[1:])} (set the same --pipeline.model.sh-degree)"
+                )
+            self.gauss_params[name] = nn.Parameter(value.to(param))
 
     def budget(self) -> Optional[int]:
         """Most Gaussians allowed after the second prune, or None for no budget."""
@@ -172,12 +199,18 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             metrics["teacher_l1"] = torch.abs(outputs["rgb"].detach() - teacher).mean()
         return metrics
 
-    def step_post_backward(self, step: int) -> None:
-        super().step_post_backward(step)
-        if step == self.config.sample_at:
-            self.sample_and_reinitialise()
-        if step == self.config.prune_at:
-            self.prune_to_mass_and_budget()
+    def strategy_post_backward(self, step: int) -> None:
+        self.strategy.step_post_backward(
+            self.gauss_params, self.optimizers, self.strategy_state, step, self.info, importance=self.importance
+        )
+
+    def step_cb(self, optimizers, step: int) -> None:
+        super().step_cb(optimizers, step)
+        # A student started from the teacher is cut to its budget before it trains (a resumed one already is).
+        if self.config.init == "teacher" and self.strategy.budget is not None and self.training_cameras is not None:
+            removed = self.strategy.fit_budget(self.gauss_params, self.optimizers, self.strategy_state, self.importance)
+            if removed:
+                CONSOLE.print(f"Step {step}: started from the vanilla teacher, {self.num_points} most important kept")
 
     @torch.no_grad()
     def importance(self) -> Tensor:
@@ -193,36 +226,3 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
                 int(camera.width), int(camera.height), self.config.importance,
             )  # fmt: skip
         return total
-
-    def sample_and_reinitialise(self) -> None:
-        before = self.num_points
-        keep = importance_sample_mask(self.importance(), self.config.sample_fraction)
-        keep_only(self.gauss_params, self.optimizers, self.strategy_state, keep)
-        means = self.means.detach()
-        distances, _ = self.k_nearest_sklearn(means, 3)
-        log_scale = torch.log(torch.from_numpy(distances).to(means).mean(-1, keepdim=True).clamp_min(1e-7))
-        reinitialise(
-            self.gauss_params,
-            self.optimizers,
-            {
-                "scales": log_scale.repeat(1, 3),
-                "opacities": torch.logit(torch.full_like(self.opacities, 0.1)),
-                # Re-initialised scales are isotropic, so the rotation changes nothing rendered: the reference's
-                # identity keeps the step free of random draws.
-                "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).to(means).repeat(self.num_points, 1),
-                "features_rest": torch.zeros_like(self.features_rest),
-            },
-        )
-        CONSOLE.print(f"Step {self.step}: importance sampling kept {self.num_points} of {before} Gaussians")
-
-    def prune_to_mass_and_budget(self) -> None:
-        before = self.num_points
-        importance = self.importance()
-        keep = cumulative_mass_mask(importance, self.config.keep_mass)
-        budget = self.budget()
-        if budget is not None and int(keep.sum()) > budget:
-            keep = top_k_mask(torch.where(keep, importance, torch.zeros_like(importance)), budget)
-        keep_only(self.gauss_params, self.optimizers, self.strategy_state, keep)
-        if budget is not None:
-            set_ceiling(self.strategy_state, budget)  # any later growth stays within the budget, resumed too
-        CONSOLE.print(f"Step {self.step}: importance pruning kept {self.num_points} of {before} Gaussians")

@@ -258,11 +258,18 @@ class PortableSplatfactoModel(SplatfactoModel):
                     optimizer.state[param] = optimizer.state.pop(held)
 
     def step_post_backward(self, step: int) -> None:
-        super().step_post_backward(step)
+        assert step == self.step
+        self.strategy_post_backward(step)
         # A non-finite parameter spreads to every Gaussian it overlaps within a few steps; stop at the first.
         for name in ("means", "scales", "opacities"):
             if not bool(torch.isfinite(self.gauss_params[name]).all()):
                 raise DistilledSplatError(f"training diverged at step {step}: NaN or Inf in the Gaussians' {name}")
+
+    def strategy_post_backward(self, step: int) -> None:
+        """Hands the step to the densification strategy; models with another strategy change the call here."""
+        self.strategy.step_post_backward(
+            self.gauss_params, self.optimizers, self.strategy_state, step, self.info, packed=False
+        )
 
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]

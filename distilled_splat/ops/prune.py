@@ -45,6 +45,18 @@ def top_k_mask(importance: Tensor, count: int) -> Tensor:
     return keep
 
 
+def neighbour_log_scales(means: Tensor, neighbours: int = 3) -> Tensor:
+    """[N, 1] log of each point's mean distance to its ``neighbours`` nearest other points (splatfacto's initial
+    scale rule)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    points = means.detach().cpu().numpy()
+    k = min(neighbours + 1, len(points))
+    distances, _ = NearestNeighbors(n_neighbors=k).fit(points).kneighbors(points)
+    mean = torch.from_numpy(distances[:, 1:]).to(means).mean(-1, keepdim=True) if k > 1 else torch.ones(len(points), 1)
+    return torch.log(mean.to(means).clamp_min(1e-7))
+
+
 @torch.no_grad()
 def keep_only(params: Params, optimizers: Dict[str, torch.optim.Optimizer], state: Dict[str, Any], keep: Tensor) -> int:
     """Remove every Gaussian outside ``keep`` from params, optimiser moments and strategy state; returns how many."""

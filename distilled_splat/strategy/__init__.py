@@ -1,0 +1,1 @@
+"""Densification strategies in gsplat's shape: capped growth, the student's compaction, relocation on any device."""
