@@ -23,11 +23,9 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from distilled_splat.data.scene_inputs import dataparser_for, find_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.method_configs import distilled_mcmc
 from distilled_splat.recipe import STUDENT, Recipe
-from distilled_splat.schedules import scale_to_run_length
 from distilled_splat.training import evaluate, gaussian_count, is_trained, train, write_atomically
 
 FrontierMethod = Literal[
@@ -122,16 +120,8 @@ class Frontier:
         recipe = self.recipe
         steps = recipe.settings.student_steps or recipe.settings.steps
         if spec.method == "capped-mcmc":
-            config = scale_to_run_length(distilled_mcmc.config, steps)
-            config.pipeline.datamanager.data = recipe.data.resolve()
-            config.pipeline.datamanager.dataparser = dataparser_for(
-                find_scene(recipe.data.resolve()), recipe.settings.downscale
-            )
+            config = recipe.run_config(distilled_mcmc.config, steps)
             config.pipeline.model.cap_max = max(1, round(spec.budget * gaussian_count(self.vanilla_config())))
-            config.machine.device_type = recipe.settings.device
-            config.vis = "tensorboard"
-            config.logging.local_writer.enable = False
-            config.steps_per_eval_image = config.steps_per_eval_all_images = config.steps_per_eval_batch = steps + 1
         else:
             config = recipe.method_config(STUDENT)
             model, datamanager = config.pipeline.model, config.pipeline.datamanager

@@ -115,7 +115,21 @@ class Recipe:
         settings = self.settings
         spec = distilled_splatfacto if name == STUDENT else TEACHER_METHODS[name]
         steps = (settings.student_steps or settings.steps) if name == STUDENT else settings.steps
-        config = scale_to_run_length(spec.config, steps)
+        config = self.run_config(spec.config, steps)
+        if name == STUDENT:
+            config.pipeline.datamanager.teachers = tuple(self.teacher_config_path(t) for t in settings.teachers)
+            config.pipeline.model.target_fraction = settings.target_fraction
+            config.pipeline.model.target_gaussians = settings.target_gaussians
+        extra = settings.student_args if name == STUDENT else settings.teacher_args
+        if extra:
+            args = shlex.split(extra)
+            config = tyro.cli(type(config), default=config, args=args, config=(tyro.conf.FlagConversionOff,))
+        return config
+
+    def run_config(self, method: TrainerConfig, steps: int) -> TrainerConfig:
+        """``method`` set up to train ``steps`` steps on this recipe's scene, device and seed, under its runs."""
+        settings = self.settings
+        config = scale_to_run_length(method, steps)
         config.pipeline.datamanager.data = self.data.resolve()
         config.pipeline.datamanager.dataparser = dataparser_for(find_scene(self.data.resolve()), settings.downscale)
         config.output_dir = self.runs
@@ -127,14 +141,6 @@ class Recipe:
         config.logging.local_writer.enable = False  # the recipe shows its own progress bars
         # The recipe evaluates every model once, at the end; evaluating during training only costs time.
         config.steps_per_eval_image = config.steps_per_eval_all_images = config.steps_per_eval_batch = steps + 1
-        if name == STUDENT:
-            config.pipeline.datamanager.teachers = tuple(self.teacher_config_path(t) for t in settings.teachers)
-            config.pipeline.model.target_fraction = settings.target_fraction
-            config.pipeline.model.target_gaussians = settings.target_gaussians
-        extra = settings.student_args if name == STUDENT else settings.teacher_args
-        if extra:
-            args = shlex.split(extra)
-            config = tyro.cli(type(config), default=config, args=args, config=(tyro.conf.FlagConversionOff,))
         return config
 
     def teacher_config_path(self, name: str) -> Path:
