@@ -28,6 +28,8 @@ from distilled_splat.method_configs import distilled_mcmc
 from distilled_splat.recipe import STUDENT, Recipe
 from distilled_splat.training import evaluate, gaussian_count, is_trained, train, write_atomically
 
+GRADUAL_CUTS = 4
+"""Cuts of the gradual methods (equal ratios, the last at half the run)."""
 FrontierMethod = Literal[
     "student",
     "pruned-finetuned",
@@ -36,6 +38,8 @@ FrontierMethod = Literal[
     "student-no-structure",
     "student-vanilla-teacher",
     "student-from-teacher",
+    "gradual-pruned",
+    "student-gradual",
 ]
 METHOD_HELP = {
     "student": "the student as `run` trains it",
@@ -45,6 +49,8 @@ METHOD_HELP = {
     "student-no-structure": "the student without the structural loss",
     "student-vanilla-teacher": "the student distilled from the vanilla teacher alone",
     "student-from-teacher": "pruned-finetuned plus the student's distillation and structural losses",
+    "gradual-pruned": f"pruned-finetuned, cut to the budget in {GRADUAL_CUTS} cuts over the first half of the run",
+    "student-gradual": "gradual-pruned plus the student's distillation and structural losses",
 }
 ALTERNATIVES = ("pruned-finetuned", "capped-mcmc")
 """The ways to a small model that are not the student: what the student has to beat."""
@@ -135,9 +141,11 @@ class Frontier:
                 model.distill_weight = 0.0
             if spec.method == "student-no-structure":
                 model.structure_weight = 0.0
-            if spec.method in ("pruned-finetuned", "student-from-teacher"):
+            if spec.method in ("pruned-finetuned", "student-from-teacher", "gradual-pruned", "student-gradual"):
                 finetune_from_teacher(config)
-            if spec.method == "pruned-finetuned":
+            if spec.method in ("gradual-pruned", "student-gradual"):
+                model.budget_cuts, model.cuts_stop = GRADUAL_CUTS, steps // 2
+            if spec.method in ("pruned-finetuned", "gradual-pruned"):
                 model.distill_weight, model.structure_weight = 0.0, 0.0
         config.output_dir = self.recipe.runs
         config.experiment_name = "frontier"
@@ -239,8 +247,13 @@ class Frontier:
             return 0.0
 
     def rows(self) -> List[Dict]:
-        """Results of the finished models (all of them once the frontier is complete)."""
-        return [json.loads(path.read_text()) for spec in self.specs() if (path := self.result_path(spec)).is_file()]
+        """Results of every model finished in this output folder: this frontier's and those of earlier frontiers
+        there (so that, say, three seeds at two budgets and one at the others make one table)."""
+        rows = [json.loads(path.read_text()) for path in sorted((self.folder / "models").glob("*.json"))]
+        return sorted(rows, key=lambda row: (row["budget"], row["method"], row["seed"]))
+
+    def finished_count(self) -> int:
+        return sum(1 for spec in self.specs() if self.result_path(spec).is_file())
 
 
 def finetune_from_teacher(config: TrainerConfig) -> None:
@@ -385,7 +398,7 @@ def write_frontier(frontier: Frontier, rows: List[Dict]) -> str:
         "settings": {**dataclasses.asdict(frontier.recipe.settings), **dataclasses.asdict(frontier.settings)},
         "vanilla_teacher": vanilla,
         "models_planned": len(frontier.specs()),
-        "models_finished": len(rows),
+        "models_finished": frontier.finished_count(),
         "rows": rows,
         "summary": summary,
     }

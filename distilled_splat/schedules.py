@@ -36,7 +36,8 @@ def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
     factor = max_steps / FULL_RUN_STEPS
 
     def scaled(steps: int) -> int:
-        return max(1, round(steps * factor))
+        # 0 means "from the start" (e.g. no densification at all) and stays 0; anything later stays after step 0.
+        return 0 if steps == 0 else max(1, round(steps * factor))
 
     model = config.pipeline.model
     reset_every_steps = model.reset_alpha_every * model.refine_every

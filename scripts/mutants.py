@@ -96,9 +96,15 @@ MUTANTS = {
     ),
     "teacher start keeps the least important": (
         "distilled_splat/strategy/compaction.py",
-        "top_k_mask(importance(), self.budget)",
-        "top_k_mask(-importance(), self.budget)",
+        "top_k_mask(importance(), keep)",
+        "top_k_mask(-importance(), keep)",
         "tests/test_frontier.py",
+    ),
+    "gradual cuts jump to the budget at once": (
+        "distilled_splat/strategy/compaction.py",
+        "** (1 / cuts_left))",
+        "** (1 / 1))",
+        "tests/test_frontier.py::test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important",
     ),
     "frontier retrains finished models": (
         "distilled_splat/frontier.py",

@@ -23,25 +23,25 @@ from tests.conftest import BIN
 from tests.helpers import build_pipeline, train_steps
 
 
-def test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher(tiny_scene, teacher_runs, tmp_path):
+def finetuned_student(tiny_scene, teacher_runs, tmp_path, budget, **model):
+    """The student set up as pruned-finetuned (no distillation or structure), ready for its first step."""
     config = copy.deepcopy(distilled_splatfacto.config)
     finetune_from_teacher(config)
-    budget = 60
     _, pipeline, optimizers = build_pipeline(
         config, tiny_scene, steps=60, datamanager={"teachers": teacher_runs, "teacher_cache_dir": tmp_path / "cache"},
-        target_gaussians=budget, distill_weight=0.0, structure_weight=0.0,
+        target_gaussians=budget, distill_weight=0.0, structure_weight=0.0, **model,
     )  # fmt: skip
     attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
     pipeline.get_training_callbacks(attributes)  # as the trainer does before its first step
-    pipeline.model.step_cb(optimizers, 0)
-    teacher = load_gaussians(final_checkpoint(teacher_runs[0]))
-    assert len(teacher["means"]) > budget
-    cameras = pipeline.datamanager.train_dataset.cameras
+    return pipeline, optimizers
+
+
+def teacher_importance(teacher, cameras):
     splats = {
         "means": teacher["means"], "quats": teacher["quats"], "scales": torch.exp(teacher["scales"]),
         "opacities": torch.sigmoid(teacher["opacities"]).squeeze(-1), "colors": None,
     }  # fmt: skip
-    importance = sum(
+    return sum(
         view_importance(
             splats,
             gsplat_viewmats(cameras.camera_to_worlds[i : i + 1])[0],
@@ -51,17 +51,58 @@ def test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher(tiny_scene,
         )  # fmt: skip
         for i in range(len(cameras))
     )
-    kept = torch.topk(importance, budget).indices.sort().values
-    model = pipeline.model
+
+
+def assert_holds_the_most_important(model, source, importance, count, what):
+    kept = torch.topk(importance, count).indices.sort().values
     for name, param in model.gauss_params.items():
-        assert torch.equal(param.detach(), teacher[name][kept]), (
-            f"{name} differ from the teacher's {budget} most important"
-        )
+        assert torch.equal(param.detach(), source[name][kept]), f"{name} differ from {what}'s {count} most important"
+
+
+def test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher(tiny_scene, teacher_runs, tmp_path):
+    budget = 60
+    pipeline, optimizers = finetuned_student(tiny_scene, teacher_runs, tmp_path, budget)
+    pipeline.model.step_cb(optimizers, 0)
+    teacher = load_gaussians(final_checkpoint(teacher_runs[0]))
+    assert len(teacher["means"]) > budget
+    importance = teacher_importance(teacher, pipeline.datamanager.train_dataset.cameras)
+    model = pipeline.model
+    assert_holds_the_most_important(model, teacher, importance, budget, "the teacher")
     for name, optimizer in optimizers.optimizers.items():
         if name in model.gauss_params:
             assert optimizer.param_groups[0]["params"][0] is model.gauss_params[name]
     train_steps(pipeline, optimizers, range(0, 20))
     assert model.num_points <= budget, "fine-tuning never grows"
+
+
+def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important(
+    tiny_scene, teacher_runs, tmp_path
+):
+    budget = 60
+    pipeline, optimizers = finetuned_student(
+        tiny_scene, teacher_runs, tmp_path, budget, budget_cuts=3, cuts_stop=10
+    )  # fmt: skip
+    model = pipeline.model
+    assert model.config.cut_steps() == (0, 5, 10)
+    teacher = load_gaussians(final_checkpoint(teacher_runs[0]))
+    total = len(teacher["means"])
+    ratio = (budget / total) ** (1 / 3)
+    model.step_cb(optimizers, 0)
+    first = round(total * ratio)
+    assert model.num_points == first and budget < first < total
+    importance = teacher_importance(teacher, pipeline.datamanager.train_dataset.cameras)
+    assert_holds_the_most_important(model, teacher, importance, first, "the teacher")
+    train_steps(pipeline, optimizers, range(1, 5))  # each step's callbacks run once, step 0's already ran
+    assert model.num_points == first, "nothing is cut or grown between cuts"
+    before = {name: param.detach().clone() for name, param in model.gauss_params.items()}
+    importance = model.importance()
+    model.step_cb(optimizers, 5)
+    second = round(first * (budget / first) ** (1 / 2))
+    assert model.num_points == second and budget < second < first
+    assert_holds_the_most_important(model, before, importance, second, "the fine-tuned model")
+    train_steps(pipeline, optimizers, range(6, 12))
+    assert model.num_points == budget
+    assert abs(second / first - first / total) < 0.05 and abs(budget / second - second / first) < 0.05
 
 
 def frontier_command(scene, output):

@@ -75,7 +75,14 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     The default aims at the method's promise: a tenth of the Gaussians. None leaves the count to the pruning."""
     init: Literal["points", "teacher"] = "points"
     """'points': start from the scene's point cloud, as splatfacto does. 'teacher': start from the trained vanilla
-    teacher's Gaussians, cut to the budget by importance before the first step."""
+    teacher's Gaussians, cut to the budget by importance (see budget-cuts)."""
+    budget_cuts: int = 1
+    """With init teacher: cut from the teacher's count to the budget in this many cuts of equal ratio, evenly
+    spaced from the first step to cuts-stop, each keeping the most important Gaussians at that moment; 1 cuts
+    once, before the first step (LightGaussian). Fine-tuning between cuts lets the survivors take over the space
+    of the pruned ones."""
+    cuts_stop: int = 15000
+    """With init teacher and budget-cuts > 1: the step of the last cut, which reaches the budget."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -93,11 +100,13 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
             problems.append(f"target-fraction in (0, 1] (got {self.target_fraction})")
         if self.prune_at is None and self.init == "points" and (self.target_fraction or self.target_gaussians):
             problems.append("a prune-at step for the budget (or --pipeline.model.init teacher)")
+        if self.budget_cuts < 1 or self.cuts_stop < self.budget_cuts - 1:
+            problems.append("budget-cuts >= 1 and cuts-stop >= budget-cuts - 1 (one step per cut)")
         if problems:
             raise DistilledSplatError(f"--pipeline.model: need {'; '.join(problems)}")
 
     def step_schedule_fields(self) -> Tuple[str, ...]:
-        fields = ("structure_start", "structure_stop", "structure_every", "sample_at", "prune_at")
+        fields = ("structure_start", "structure_stop", "structure_every", "sample_at", "prune_at", "cuts_stop")
         return (*super().step_schedule_fields(), *fields)
 
     def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
@@ -109,6 +118,12 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
         if self.structure_weight > 0:
             events["structure_start"] = (self.structure_start, "--pipeline.model.structure-weight 0 turns it off")
         return events
+
+    def cut_steps(self) -> Tuple[int, ...]:
+        """Steps at which a student started from the teacher is cut towards its budget."""
+        if self.budget_cuts == 1:
+            return (0,)
+        return tuple(round(i * self.cuts_stop / (self.budget_cuts - 1)) for i in range(self.budget_cuts))
 
 
 class DistilledSplatfactoModel(PortableSplatfactoModel):
@@ -206,11 +221,15 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
 
     def step_cb(self, optimizers, step: int) -> None:
         super().step_cb(optimizers, step)
-        # A student started from the teacher is cut to its budget before it trains (a resumed one already is).
-        if self.config.init == "teacher" and self.strategy.budget is not None and self.training_cameras is not None:
-            removed = self.strategy.fit_budget(self.gauss_params, self.optimizers, self.strategy_state, self.importance)
-            if removed:
-                CONSOLE.print(f"Step {step}: started from the vanilla teacher, {self.num_points} most important kept")
+        # A student started from the teacher is cut towards its budget before these steps train (a resumed run's
+        # checkpoint already holds the earlier cuts).
+        cuts = self.config.cut_steps()
+        if self.config.init == "teacher" and step in cuts and self.training_cameras is not None:
+            cuts_left = sum(1 for cut in cuts if cut >= step)
+            before = self.num_points
+            state = self.strategy_state
+            if self.strategy.cut_towards_budget(self.gauss_params, self.optimizers, state, self.importance, cuts_left):
+                CONSOLE.print(f"Step {step}: cut the vanilla teacher's Gaussians from {before} to {self.num_points}")
 
     @torch.no_grad()
     def importance(self) -> Tensor:

@@ -35,7 +35,8 @@ class CompactionStrategy(CappedDefaultStrategy):
     - ``prune_at``: keep the most important Gaussians holding ``keep_mass`` of the total importance, then at most
       ``budget`` of them; from then on the budget is the ceiling (kept in the state, so checkpoints carry it).
 
-    :meth:`fit_budget` applies the budget at once, for models that start from more Gaussians than it allows.
+    :meth:`cut_towards_budget` brings models that start from more Gaussians than the budget allows down to it, at
+    once or in several cuts of equal ratio.
     ``step_post_backward`` takes the importance as a callable, since computing it renders every training view.
     """
 
@@ -96,11 +97,18 @@ class CompactionStrategy(CappedDefaultStrategy):
             set_ceiling(state, self.budget)  # later growth stays within the budget, resumed runs too
 
     @torch.no_grad()
-    def fit_budget(self, params: Params, optimizers, state: Dict[str, Any], importance: Importance) -> int:
-        """Keep the ``budget`` most important Gaussians and make the budget the ceiling; returns how many went."""
+    def cut_towards_budget(
+        self, params: Params, optimizers, state: Dict[str, Any], importance: Importance, cuts_left: int = 1
+    ) -> int:
+        """Keep the most important Gaussians: the budget itself when ``cuts_left`` is 1, otherwise as many as leave
+        ``cuts_left - 1`` further cuts of the same ratio. What is kept becomes the ceiling; returns how many went."""
         if self.budget is None:
             return 0
-        set_ceiling(state, self.budget)
-        if len(params["means"]) <= self.budget:
+        if cuts_left < 1:
+            raise ValueError(f"cuts_left must be positive, got {cuts_left}")
+        count = len(params["means"])
+        keep = self.budget if count <= self.budget else round(count * (self.budget / count) ** (1 / cuts_left))
+        set_ceiling(state, max(self.budget, min(count, keep)))
+        if count <= keep:
             return 0
-        return keep_only(params, optimizers, state, top_k_mask(importance(), self.budget))
+        return keep_only(params, optimizers, state, top_k_mask(importance(), keep))
