@@ -19,43 +19,38 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
 
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.method_configs import distilled_mcmc
-from distilled_splat.recipe import STUDENT, Recipe
+from distilled_splat.method_configs import distilled_mcmc, from_teacher
+from distilled_splat.recipe import Recipe
 from distilled_splat.training import evaluate, gaussian_count, is_trained, train, write_atomically
 
-GRADUAL_CUTS = 4
-"""Cuts of the gradual methods (equal ratios, the last at half the run)."""
 FrontierMethod = Literal[
     "student",
+    "student-paper",
     "pruned-finetuned",
     "capped-mcmc",
     "student-no-distill",
     "student-no-structure",
     "student-vanilla-teacher",
-    "student-from-teacher",
-    "gradual-pruned",
-    "student-gradual",
+    "student-one-cut",
+    "student-distilled",
 ]
 METHOD_HELP = {
-    "student": "the student as `run` trains it",
+    "student": "the student as `run` trains it (its --recipe)",
+    "student-paper": "the student of --recipe paper: Distilled-3DGS as published",
     "pruned-finetuned": "vanilla teacher importance-pruned to the budget, fine-tuned on the real images (LightGaussian)",
     "capped-mcmc": "splatfacto never above the budget, densifying by relocation (3DGS-MCMC, gsplat's MCMCStrategy)",
     "student-no-distill": "the student without the distillation term",
     "student-no-structure": "the student without the structural loss",
     "student-vanilla-teacher": "the student distilled from the vanilla teacher alone",
-    "student-from-teacher": "pruned-finetuned plus the student's distillation and structural losses",
-    "gradual-pruned": f"pruned-finetuned, cut to the budget in {GRADUAL_CUTS} cuts over the first half of the run",
-    "student-gradual": "gradual-pruned plus the student's distillation and structural losses",
+    "student-one-cut": "a student started from the teacher, cut to the budget at once instead of gradually",
+    "student-distilled": "the student plus --recipe paper's distillation (from its three teachers) and structural loss",
 }
 ALTERNATIVES = ("pruned-finetuned", "capped-mcmc")
 """The ways to a small model that are not the student: what the student has to beat."""
-FINETUNE_MEANS_LR = 1.6e-6
-"""Fine-tuning a trained model continues at the end of its position learning-rate decay, as LightGaussian does."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +70,9 @@ class FrontierSettings:
 
     budgets: Tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
     """Budgets as fractions of the vanilla teacher's Gaussian count."""
-    methods: Tuple[FrontierMethod, ...] = ("student", "pruned-finetuned", "capped-mcmc")
+    methods: Tuple[FrontierMethod, ...] = ("student", "student-paper", "pruned-finetuned", "capped-mcmc")
     """Methods trained at every budget."""
-    ablations: Tuple[FrontierMethod, ...] = ("student-no-distill", "student-no-structure", "student-vanilla-teacher")
+    ablations: Tuple[FrontierMethod, ...] = ("student-distilled",)
     """Methods trained only at --ablation-budgets."""
     ablation_budgets: Tuple[float, ...] = (0.1, 0.2)
     """Budgets of the ablations (each costs a full training per seed)."""
@@ -129,23 +124,26 @@ class Frontier:
             config = recipe.run_config(distilled_mcmc.config, steps)
             config.pipeline.model.cap_max = max(1, round(spec.budget * gaussian_count(self.vanilla_config())))
         else:
-            config = recipe.method_config(STUDENT)
+            config = recipe.student_config("paper" if spec.method == "student-paper" else recipe.settings.recipe)
             model, datamanager = config.pipeline.model, config.pipeline.datamanager
             model.target_fraction, model.target_gaussians = spec.budget, None
-            teachers = recipe.settings.teachers
+            teachers = recipe.teachers("paper" if spec.method in ("student-paper", "student-distilled") else None)
             if spec.method == "student-vanilla-teacher":
                 teachers = ("vanilla",)
                 datamanager.teachers = (recipe.teacher_config_path("vanilla"),)
             datamanager.teacher_cache_dir = self.recipe.runs / "frontier" / "teacher-cache" / "+".join(teachers)
+            if spec.method == "student-distilled":
+                paper = recipe.student_config("paper").pipeline
+                model.distill_weight, model.structure_weight = paper.model.distill_weight, paper.model.structure_weight
+                datamanager.teachers = paper.datamanager.teachers
             if spec.method == "student-no-distill":
                 model.distill_weight = 0.0
             if spec.method == "student-no-structure":
                 model.structure_weight = 0.0
-            if spec.method in ("pruned-finetuned", "student-from-teacher", "gradual-pruned", "student-gradual"):
-                finetune_from_teacher(config)
-            if spec.method in ("gradual-pruned", "student-gradual"):
-                model.budget_cuts, model.cuts_stop = GRADUAL_CUTS, steps // 2
-            if spec.method in ("pruned-finetuned", "gradual-pruned"):
+            if spec.method == "student-one-cut":
+                from_teacher(config, budget_cuts=1)
+            if spec.method == "pruned-finetuned":
+                from_teacher(config, budget_cuts=1)
                 model.distill_weight, model.structure_weight = 0.0, 0.0
         config.output_dir = self.recipe.runs
         config.experiment_name = "frontier"
@@ -154,7 +152,12 @@ class Frontier:
         return config
 
     def train_teachers(self, progress: Progress) -> None:
-        for name in self.recipe.settings.teachers:
+        needed = set(self.recipe.teachers())
+        if any(spec.method in ("student-paper", "student-distilled") for spec in self.specs()):
+            needed |= set(self.recipe.teachers("paper"))
+        for name in ("vanilla", "noise", "dropout"):
+            if name not in needed:
+                continue
             config = self.recipe.method_config(name)
             if is_trained(config):
                 progress.console.print(f"reusing the {name} teacher: {config.get_base_dir()}")
@@ -254,17 +257,6 @@ class Frontier:
 
     def finished_count(self) -> int:
         return sum(1 for spec in self.specs() if self.result_path(spec).is_file())
-
-
-def finetune_from_teacher(config: TrainerConfig) -> None:
-    """Start from the vanilla teacher cut to the budget and fine-tune it: no densification, pruning or opacity
-    resets, full SH degree from the first step, positions at the end of their learning-rate decay."""
-    model = config.pipeline.model
-    model.init = "teacher"
-    model.sample_at, model.prune_at = None, None
-    model.stop_split_at = 0
-    model.sh_degree_interval = 1
-    config.optimizers["means"] = {"optimizer": AdamOptimizerConfig(lr=FINETUNE_MEANS_LR, eps=1e-15), "scheduler": None}
 
 
 def train_in_worker(frontier: Frontier, spec: ModelSpec, jobs: int) -> Dict:

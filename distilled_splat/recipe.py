@@ -24,6 +24,7 @@ from distilled_splat.data.scene_inputs import dataparser_for, find_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.method_configs import (
     distilled_splatfacto,
+    distilled_splatfacto_paper,
     distilled_teacher,
     distilled_teacher_dropout,
     distilled_teacher_noise,
@@ -43,6 +44,12 @@ from distilled_splat.training import (
 TeacherName = Literal["vanilla", "noise", "dropout"]
 TEACHER_METHODS = {"vanilla": distilled_teacher, "noise": distilled_teacher_noise, "dropout": distilled_teacher_dropout}
 STUDENT = "student"
+StudentRecipe = Literal["gradual", "paper"]
+STUDENT_METHODS = {"gradual": distilled_splatfacto, "paper": distilled_splatfacto_paper}
+RECIPE_TEACHERS: Dict[str, Tuple[TeacherName, ...]] = {
+    "gradual": ("vanilla",),  # its student does not distil by default (see README's frontier)
+    "paper": ("vanilla", "noise", "dropout"),
+}
 COMPACT_FORMATS = ("spz", "splat")
 """Written for every model next to its PLY (see distilled_splat/exporters.py)."""
 DEFAULT_STEPS = {"cuda": 30_000, "cpu": 1000}
@@ -65,8 +72,9 @@ class RecipeSettings:
     downscale: Optional[int] = None
     """Train every model on images at 1/N size: images_N/ where the scene has it, otherwise resized when loaded.
     Default: nerfstudio's choice (full size up to 1600 pixels, else the next power of two)."""
-    teachers: Tuple[TeacherName, ...] = ("vanilla", "noise", "dropout")
-    """Teachers to train and distil from; 'vanilla' is required (structural loss target, budget reference)."""
+    teachers: Optional[Tuple[TeacherName, ...]] = None
+    """Teachers to train and distil from; 'vanilla' is required (the student's start, structural loss target and
+    budget reference). Default: the recipe's (vanilla alone for 'gradual', vanilla noise dropout for 'paper')."""
     target_fraction: Optional[float] = 0.1
     """Student budget as a fraction of the vanilla teacher's Gaussians."""
     target_gaussians: Optional[int] = None
@@ -77,8 +85,15 @@ class RecipeSettings:
     """Extra ns-train arguments for the student, e.g. --student-args="--pipeline.model.structure-mode joint"."""
     seed: int = 42
     """Random seed of every model."""
+    recipe: StudentRecipe = "gradual"
+    """How the student is made. 'gradual' (ns-train distilled-splatfacto): the trained vanilla teacher cut to the
+    budget in 4 cuts over the first half of the run, fine-tuned in between and after; the best on our frontier
+    (README). 'paper' (ns-train distilled-splatfacto-paper): Distilled-3DGS as published, from the point cloud
+    with distillation, the structural loss and importance pruning."""
 
     def check(self) -> None:
+        if self.teachers is None:
+            return
         if "vanilla" not in self.teachers:
             raise DistilledSplatError(
                 "--teachers must include vanilla (the structural loss target and budget reference)"
@@ -112,19 +127,28 @@ class Recipe:
         return self.output.resolve() / "runs"
 
     def method_config(self, name: str) -> TrainerConfig:
-        settings = self.settings
-        spec = distilled_splatfacto if name == STUDENT else TEACHER_METHODS[name]
-        steps = (settings.student_steps or settings.steps) if name == STUDENT else settings.steps
-        config = self.run_config(spec.config, steps)
         if name == STUDENT:
-            config.pipeline.datamanager.teachers = tuple(self.teacher_config_path(t) for t in settings.teachers)
-            config.pipeline.model.target_fraction = settings.target_fraction
-            config.pipeline.model.target_gaussians = settings.target_gaussians
-        extra = settings.student_args if name == STUDENT else settings.teacher_args
-        if extra:
-            args = shlex.split(extra)
-            config = tyro.cli(type(config), default=config, args=args, config=(tyro.conf.FlagConversionOff,))
-        return config
+            return self.student_config(self.settings.recipe)
+        settings = self.settings
+        config = self.run_config(TEACHER_METHODS[name].config, settings.steps)
+        return self.with_args(config, settings.teacher_args)
+
+    def student_config(self, recipe: StudentRecipe) -> TrainerConfig:
+        """The student of ``recipe`` on this scene, distilled from this recipe's teachers."""
+        settings = self.settings
+        config = self.run_config(STUDENT_METHODS[recipe].config, settings.student_steps or settings.steps)
+        config.timestamp = f"{config.timestamp}-{recipe}"
+        config.pipeline.datamanager.teachers = tuple(self.teacher_config_path(t) for t in self.teachers(recipe))
+        config.pipeline.model.target_fraction = settings.target_fraction
+        config.pipeline.model.target_gaussians = settings.target_gaussians
+        return self.with_args(config, settings.student_args)
+
+    @staticmethod
+    def with_args(config: TrainerConfig, args: str) -> TrainerConfig:
+        """``config`` with extra ns-train arguments applied."""
+        if not args:
+            return config
+        return tyro.cli(type(config), default=config, args=shlex.split(args), config=(tyro.conf.FlagConversionOff,))
 
     def run_config(self, method: TrainerConfig, steps: int) -> TrainerConfig:
         """``method`` set up to train ``steps`` steps on this recipe's scene, device and seed, under its runs."""
@@ -147,8 +171,14 @@ class Recipe:
         config = self.method_config(name)
         return config.get_base_dir() / "config.yml"
 
+    def teachers(self, recipe: Optional[StudentRecipe] = None) -> Tuple[TeacherName, ...]:
+        """The teachers of ``recipe`` (default: this run's): --teachers if given, otherwise the recipe's own."""
+        if self.settings.teachers is not None:
+            return self.settings.teachers
+        return RECIPE_TEACHERS[recipe or self.settings.recipe]
+
     def models(self) -> List[str]:
-        return [*self.settings.teachers, STUDENT]
+        return [*self.teachers(), STUDENT]
 
     def eval_path(self, name: str) -> Path:
         return self.output / "evals" / f"{name}.json"
