@@ -65,10 +65,21 @@ def teacher_runs(tmp_path_factory, tiny_scene):
     return tuple(train_run(spec.config, tiny_scene, output, TEACHER_STEPS) for spec in specs)
 
 
-@pytest.fixture(scope="session")
-def trained_student(tmp_path_factory, tiny_scene, teacher_runs) -> Path:
-    """config.yml of a distilled-splatfacto trained by ``ns-train`` on CPU, at most 30 Gaussians."""
+def ns_train_student(method, tmp_path_factory, tiny_scene, teacher_runs) -> Path:
     return ns_train(
-        "distilled-splatfacto", tiny_scene, tmp_path_factory.mktemp("student"),
+        method, tiny_scene, tmp_path_factory.mktemp("student"),
         "--pipeline.datamanager.teachers", *map(str, teacher_runs), "--pipeline.model.target-gaussians", "30",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_student(tmp_path_factory, tiny_scene, teacher_runs) -> Path:
+    """config.yml of a distilled-splatfacto (started from the vanilla teacher) trained by ``ns-train`` on CPU,
+    at most 30 Gaussians."""
+    return ns_train_student("distilled-splatfacto", tmp_path_factory, tiny_scene, teacher_runs)
+
+
+@pytest.fixture(scope="session")
+def trained_paper_student(tmp_path_factory, tiny_scene, teacher_runs) -> Path:
+    """config.yml of a distilled-splatfacto-paper (from the point cloud) trained by ``ns-train``, at most 30."""
+    return ns_train_student("distilled-splatfacto-paper", tmp_path_factory, tiny_scene, teacher_runs)

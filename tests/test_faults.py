@@ -11,7 +11,7 @@ import torch
 
 from distilled_splat.data import teacher_cache
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.method_configs import distilled_splatfacto, distilled_teacher
+from distilled_splat.method_configs import distilled_splatfacto_paper, distilled_teacher
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel
 from distilled_splat.recipe import Recipe, RecipeSettings
 from distilled_splat.training import export_ply, is_complete_checkpoint
@@ -24,7 +24,7 @@ def disk_full(*_args, **_kwargs):
 
 def student(tiny_scene, teachers, cache_dir, **model_settings):
     settings = {"teachers": tuple(teachers), "teacher_cache_dir": cache_dir}
-    return build_pipeline(distilled_splatfacto.config, tiny_scene, steps=100, datamanager=settings, **model_settings)
+    return build_pipeline(distilled_splatfacto_paper.config, tiny_scene, steps=100, datamanager=settings, **model_settings)
 
 
 def test_nan_in_training_stops_at_that_step_naming_the_last_good_checkpoint(tiny_scene, tmp_path, monkeypatch):

@@ -14,9 +14,9 @@ import pytest
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes
 
-from distilled_splat.frontier import finetune_from_teacher, summarise
+from distilled_splat.frontier import summarise
 from distilled_splat.importance import view_importance
-from distilled_splat.method_configs import distilled_splatfacto
+from distilled_splat.method_configs import distilled_splatfacto_paper, from_teacher
 from distilled_splat.models.portable_splatfacto import gsplat_viewmats
 from distilled_splat.teachers import final_checkpoint, load_gaussians
 from tests.conftest import BIN
@@ -25,8 +25,7 @@ from tests.helpers import build_pipeline, train_steps
 
 def finetuned_student(tiny_scene, teacher_runs, tmp_path, budget, **model):
     """The student set up as pruned-finetuned (no distillation or structure), ready for its first step."""
-    config = copy.deepcopy(distilled_splatfacto.config)
-    finetune_from_teacher(config)
+    config = from_teacher(copy.deepcopy(distilled_splatfacto_paper.config), budget_cuts=1)
     _, pipeline, optimizers = build_pipeline(
         config, tiny_scene, steps=60, datamanager={"teachers": teacher_runs, "teacher_cache_dir": tmp_path / "cache"},
         target_gaussians=budget, distill_weight=0.0, structure_weight=0.0, **model,
@@ -109,7 +108,7 @@ def frontier_command(scene, output):
     return [
         str(BIN / "distilled-splat"), "frontier", "--data", str(scene), "--output", str(output), "--steps", "40",
         "--device", "cpu", "--teachers", "vanilla", "--budgets", "0.25", "--seeds", "1",
-        "--methods", "pruned-finetuned", "capped-mcmc", "--ablations",
+        "--methods", "pruned-finetuned", "capped-mcmc", "student", "student-paper", "--ablations",
     ]  # fmt: skip
 
 
@@ -134,11 +133,12 @@ def test_frontier_resumes_after_a_kill_and_reuses_finished_models(tiny_scene, tm
     assert "reusing the vanilla teacher" in result.stdout and "reusing 1 finished frontier models" in result.stdout
     assert first.read_text() == first_text and first.stat().st_mtime_ns == first_time
     record = json.loads((output / "frontier.json").read_text())
-    assert record["models_planned"] == record["models_finished"] == 2
+    assert record["models_planned"] == record["models_finished"] == 4
     rows = {row["method"]: row for row in record["rows"]}
     budget = round(0.25 * record["vanilla_teacher"]["num_gaussians"])
     assert rows["pruned-finetuned"]["num_gaussians"] == budget
     assert rows["capped-mcmc"]["num_gaussians"] <= budget
+    assert rows["student"]["num_gaussians"] == budget and 0 < rows["student-paper"]["num_gaussians"] <= budget
     assert (output / "frontier.png").stat().st_size > 0 and "| 0.25 | capped-mcmc | 1 |" in (
         output / "frontier.md"
     ).read_text()

@@ -12,7 +12,7 @@ from torch import nn
 
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.losses import StructureLoss, structure_loss
-from distilled_splat.method_configs import distilled_splatfacto, distilled_teacher, distilled_teacher_noise
+from distilled_splat.method_configs import distilled_splatfacto_paper, distilled_teacher, distilled_teacher_noise
 from distilled_splat.ops.perturb import clone_candidates
 from distilled_splat.strategy.capped import CAP_KEY, CappedDefaultStrategy, set_ceiling
 from tests.helpers import build_pipeline, train_steps
@@ -91,7 +91,7 @@ def test_clone_candidates_are_exactly_what_gsplat_duplicates(tiny_scene):
 
 def student_pipeline(tiny_scene, teacher_runs, tmp_path, **settings):
     datamanager = {"teachers": tuple(teacher_runs), "teacher_cache_dir": tmp_path / "cache"}
-    return build_pipeline(distilled_splatfacto.config, tiny_scene, steps=100, datamanager=datamanager, **settings)
+    return build_pipeline(distilled_splatfacto_paper.config, tiny_scene, steps=100, datamanager=datamanager, **settings)
 
 
 def test_budget_holds_at_every_step_after_the_prune_even_across_a_resume(tiny_scene, teacher_runs, tmp_path):
@@ -127,9 +127,9 @@ def test_budget_holds_at_every_step_after_the_prune_even_across_a_resume(tiny_sc
 @pytest.mark.parametrize(
     "method, setting, step",
     [
-        (distilled_splatfacto, "prune_at", 20_000),
-        (distilled_splatfacto, "sample_at", 15_000),
-        (distilled_splatfacto, "structure_start", 21_000),
+        (distilled_splatfacto_paper, "prune_at", 20_000),
+        (distilled_splatfacto_paper, "sample_at", 15_000),
+        (distilled_splatfacto_paper, "structure_start", 21_000),
         (distilled_teacher_noise, "perturb_start", 500),
     ],
 )

@@ -79,8 +79,9 @@ def test_teacher_variants_and_mcmc_train_with_scaled_schedules_evaluate_and_expo
     assert count > 0 and {"x", "opacity", "f_dc_0", "scale_0", "rot_0"} <= names
 
 
-def test_student_trains_evaluates_and_exports_within_its_budget(trained_student, tmp_path):
-    config = trained_student
+@pytest.mark.parametrize("run", ["trained_student", "trained_paper_student"])
+def test_student_trains_evaluates_and_exports_within_its_budget(request, run, tmp_path):
+    config = request.getfixturevalue(run)
     assert (config.parent.parent / "teacher-cache" / "manifest.json").is_file()
     run_command("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
     # 30 Gaussians after 60 steps do not reach the 400 untrained seed Gaussians (15.9 against 16.9 dB when this

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from distilled_splat.method_configs import distilled_splatfacto, distilled_teacher
+from distilled_splat.method_configs import distilled_splatfacto, distilled_splatfacto_paper, distilled_teacher
 from distilled_splat.schedules import scale_to_run_length
 
 
@@ -44,8 +44,18 @@ def test_full_length_is_splatfacto_and_original_is_untouched():
 
 
 def test_student_phases_scale_and_disabled_ones_stay_off():
-    model = scale_to_run_length(distilled_splatfacto.config, 3000).pipeline.model
+    model = scale_to_run_length(distilled_splatfacto_paper.config, 3000).pipeline.model
     assert (model.sample_at, model.prune_at, model.structure_start, model.structure_every) == (1500, 2000, 2100, 100)
-    disabled = copy.deepcopy(distilled_splatfacto.config)
+    disabled = copy.deepcopy(distilled_splatfacto_paper.config)
     disabled.pipeline.model.sample_at = None
     assert scale_to_run_length(disabled, 3000).pipeline.model.sample_at is None
+
+
+def test_the_default_student_cuts_over_the_first_half_and_never_densifies_at_any_length():
+    for steps in (60, 1000, 30_000):
+        config = scale_to_run_length(distilled_splatfacto.config, steps)
+        model = config.pipeline.model
+        # 0 is "from the start" and must stay 0: stop-split-at 1 would reset every opacity at step 0.
+        assert model.stop_split_at == 0 and model.init == "teacher"
+        assert model.cut_steps() == tuple(round(i * (steps // 2) / 3) for i in range(4))
+        assert config.optimizers["means"]["scheduler"] is None

@@ -12,14 +12,14 @@ from pytorch_msssim import ssim
 
 from distilled_splat.data import teacher_cache
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.method_configs import distilled_splatfacto, distilled_teacher
+from distilled_splat.method_configs import distilled_splatfacto_paper, distilled_teacher
 from tests.conftest import TEACHER_STEPS
 from tests.helpers import build_pipeline, train_run, train_steps
 
 
 def student(tiny_scene, teachers, cache_dir, steps=100, aggregation="mean", **model_settings):
     settings = {"teachers": tuple(teachers), "teacher_cache_dir": cache_dir, "aggregation": aggregation}
-    return build_pipeline(distilled_splatfacto.config, tiny_scene, steps=steps, datamanager=settings, **model_settings)
+    return build_pipeline(distilled_splatfacto_paper.config, tiny_scene, steps=steps, datamanager=settings, **model_settings)
 
 
 def cache_state(cache_dir):
