@@ -24,7 +24,9 @@ def disk_full(*_args, **_kwargs):
 
 def student(tiny_scene, teachers, cache_dir, **model_settings):
     settings = {"teachers": tuple(teachers), "teacher_cache_dir": cache_dir}
-    return build_pipeline(distilled_splatfacto_paper.config, tiny_scene, steps=100, datamanager=settings, **model_settings)
+    return build_pipeline(
+        distilled_splatfacto_paper.config, tiny_scene, steps=100, datamanager=settings, **model_settings
+    )
 
 
 def test_nan_in_training_stops_at_that_step_naming_the_last_good_checkpoint(tiny_scene, tmp_path, monkeypatch):

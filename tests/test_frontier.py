@@ -74,9 +74,7 @@ def test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher(tiny_scene,
     assert model.num_points <= budget, "fine-tuning never grows"
 
 
-def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important(
-    tiny_scene, teacher_runs, tmp_path
-):
+def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important(tiny_scene, teacher_runs, tmp_path):
     budget = 60
     pipeline, optimizers = finetuned_student(
         tiny_scene, teacher_runs, tmp_path, budget, budget_cuts=3, cuts_stop=10

@@ -19,7 +19,9 @@ from tests.helpers import build_pipeline, train_run, train_steps
 
 def student(tiny_scene, teachers, cache_dir, steps=100, aggregation="mean", **model_settings):
     settings = {"teachers": tuple(teachers), "teacher_cache_dir": cache_dir, "aggregation": aggregation}
-    return build_pipeline(distilled_splatfacto_paper.config, tiny_scene, steps=steps, datamanager=settings, **model_settings)
+    return build_pipeline(
+        distilled_splatfacto_paper.config, tiny_scene, steps=steps, datamanager=settings, **model_settings
+    )
 
 
 def cache_state(cache_dir):
