@@ -70,10 +70,11 @@ class Demo:
 
 @dataclass
 class FrontierCommand:
-    """Train the student and its alternatives (pruned-and-finetuned vanilla, MCMC-capped splatfacto, ablations)
-    at the same Gaussian budgets and seeds, evaluate them on the held-out views and write frontier.json,
-    frontier.md and frontier.png. Reuses the teachers of a `run` in the same output folder (or trains them);
-    re-running skips finished models."""
+    """Train the student and its alternatives (the paper's student, pruned-and-finetuned vanilla, MCMC-capped
+    splatfacto, ablations) at the same Gaussian budgets and seeds, evaluate them on the held-out views and write
+    frontier.json, frontier.md and frontier.png. Reuses the teachers of a `run` in the same output folder (or
+    trains them); re-running skips finished models. The budgets come from --budgets (--target-fraction and
+    --target-gaussians are `run`'s)."""
 
     data: Path
     """Scene (as for `run`)."""

@@ -138,7 +138,7 @@ distilled_teacher_dropout = MethodSpecification(
 
 FINETUNE_MEANS_LR = 1.6e-6
 """Fine-tuning a trained model continues at the end of its position learning-rate decay, as LightGaussian does."""
-GRADUAL_CUTS = 4
+GRADUAL_CUTS = 8
 """Cuts from the teacher's count to the budget in the default student (see --pipeline.model.budget-cuts)."""
 
 

@@ -87,7 +87,7 @@ class RecipeSettings:
     """Random seed of every model."""
     recipe: StudentRecipe = "gradual"
     """How the student is made. 'gradual' (ns-train distilled-splatfacto): the trained vanilla teacher cut to the
-    budget in 4 cuts over the first half of the run, fine-tuned in between and after; the best on our frontier
+    budget in 8 cuts over the first half of the run, fine-tuned in between and after; the best on our frontier
     (README). 'paper' (ns-train distilled-splatfacto-paper): Distilled-3DGS as published, from the point cloud
     with distillation, the structural loss and importance pruning."""
 

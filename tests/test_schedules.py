@@ -57,5 +57,5 @@ def test_the_default_student_cuts_over_the_first_half_and_never_densifies_at_any
         model = config.pipeline.model
         # 0 is "from the start" and must stay 0: stop-split-at 1 would reset every opacity at step 0.
         assert model.stop_split_at == 0 and model.init == "teacher"
-        assert model.cut_steps() == tuple(round(i * (steps // 2) / 3) for i in range(4))
+        assert model.cut_steps() == tuple(round(i * (steps // 2) / 7) for i in range(8))
         assert config.optimizers["means"]["scheduler"] is None
