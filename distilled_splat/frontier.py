@@ -23,8 +23,8 @@ from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.method_configs import distilled_mcmc, from_teacher
-from distilled_splat.recipe import Recipe
+from distilled_splat.method_configs import distilled_mcmc, distilled_splatfacto_paper, from_teacher
+from distilled_splat.recipe import TEACHER_METHODS, Recipe
 from distilled_splat.training import evaluate, gaussian_count, is_trained, train, write_atomically
 
 FrontierMethod = Literal[
@@ -51,6 +51,8 @@ METHOD_HELP = {
 }
 ALTERNATIVES = ("pruned-finetuned", "capped-mcmc")
 """The ways to a small model that are not the student: what the student has to beat."""
+PAPER_TEACHER_METHODS = ("student-paper", "student-distilled")
+"""Methods that distil from --recipe paper's teachers, whatever the run's recipe."""
 
 
 @dataclass(frozen=True)
@@ -127,23 +129,22 @@ class Frontier:
             config = recipe.student_config("paper" if spec.method == "student-paper" else recipe.settings.recipe)
             model, datamanager = config.pipeline.model, config.pipeline.datamanager
             model.target_fraction, model.target_gaussians = spec.budget, None
-            teachers = recipe.teachers("paper" if spec.method in ("student-paper", "student-distilled") else None)
             if spec.method == "student-vanilla-teacher":
                 teachers = ("vanilla",)
-                datamanager.teachers = (recipe.teacher_config_path("vanilla"),)
+            else:
+                teachers = recipe.teachers("paper" if spec.method in PAPER_TEACHER_METHODS else None)
+            datamanager.teachers = tuple(recipe.teacher_config_path(name) for name in teachers)
             datamanager.teacher_cache_dir = self.recipe.runs / "frontier" / "teacher-cache" / "+".join(teachers)
             if spec.method == "student-distilled":
-                paper = recipe.student_config("paper").pipeline
-                model.distill_weight, model.structure_weight = paper.model.distill_weight, paper.model.structure_weight
-                datamanager.teachers = paper.datamanager.teachers
+                paper = distilled_splatfacto_paper.config.pipeline.model
+                model.distill_weight, model.structure_weight = paper.distill_weight, paper.structure_weight
             if spec.method == "student-no-distill":
                 model.distill_weight = 0.0
             if spec.method == "student-no-structure":
                 model.structure_weight = 0.0
-            if spec.method == "student-one-cut":
+            if spec.method in ("student-one-cut", "pruned-finetuned"):
                 from_teacher(config, budget_cuts=1)
             if spec.method == "pruned-finetuned":
-                from_teacher(config, budget_cuts=1)
                 model.distill_weight, model.structure_weight = 0.0, 0.0
         config.output_dir = self.recipe.runs
         config.experiment_name = "frontier"
@@ -153,11 +154,9 @@ class Frontier:
 
     def train_teachers(self, progress: Progress) -> None:
         needed = set(self.recipe.teachers())
-        if any(spec.method in ("student-paper", "student-distilled") for spec in self.specs()):
+        if any(spec.method in PAPER_TEACHER_METHODS for spec in self.specs()):
             needed |= set(self.recipe.teachers("paper"))
-        for name in ("vanilla", "noise", "dropout"):
-            if name not in needed:
-                continue
+        for name in [name for name in TEACHER_METHODS if name in needed]:
             config = self.recipe.method_config(name)
             if is_trained(config):
                 progress.console.print(f"reusing the {name} teacher: {config.get_base_dir()}")
@@ -252,7 +251,7 @@ class Frontier:
     def rows(self) -> List[Dict]:
         """Results of every model finished in this output folder: this frontier's and those of earlier frontiers
         there (so that, say, three seeds at two budgets and one at the others make one table)."""
-        rows = [json.loads(path.read_text()) for path in sorted((self.folder / "models").glob("*.json"))]
+        rows = [json.loads(path.read_text()) for path in (self.folder / "models").glob("*.json")]
         return sorted(rows, key=lambda row: (row["budget"], row["method"], row["seed"]))
 
     def finished_count(self) -> int:

@@ -108,7 +108,7 @@ class CompactionStrategy(CappedDefaultStrategy):
             raise ValueError(f"cuts_left must be positive, got {cuts_left}")
         count = len(params["means"])
         keep = self.budget if count <= self.budget else round(count * (self.budget / count) ** (1 / cuts_left))
-        set_ceiling(state, max(self.budget, min(count, keep)))
+        set_ceiling(state, keep)
         if count <= keep:
             return 0
         return keep_only(params, optimizers, state, top_k_mask(importance(), keep))
