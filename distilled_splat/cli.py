@@ -69,18 +69,25 @@ class Demo:
 
 
 @dataclass
+class FrontierRecipeSettings(RecipeSettings):
+    """The settings of `run`, less its single budget: the frontier's budgets come from --budgets."""
+
+    target_fraction: tyro.conf.Suppress[Optional[float]] = 0.1
+    target_gaussians: tyro.conf.Suppress[Optional[int]] = None
+
+
+@dataclass
 class FrontierCommand:
     """Train the student and its alternatives (the paper's student, pruned-and-finetuned vanilla, MCMC-capped
     splatfacto, ablations) at the same Gaussian budgets and seeds, evaluate them on the held-out views and write
     frontier.json, frontier.md and frontier.png. Reuses the teachers of a `run` in the same output folder (or
-    trains them); re-running skips finished models. The budgets come from --budgets (--target-fraction and
-    --target-gaussians are `run`'s)."""
+    trains them); re-running skips finished models."""
 
     data: Path
     """Scene (as for `run`)."""
     output: Path
     """Output folder; the same as a `run`'s reuses its teachers."""
-    settings: tyro.conf.OmitArgPrefixes[RecipeSettings] = field(default_factory=RecipeSettings)
+    settings: tyro.conf.OmitArgPrefixes[FrontierRecipeSettings] = field(default_factory=FrontierRecipeSettings)
     frontier: tyro.conf.OmitArgPrefixes[FrontierSettings] = field(default_factory=FrontierSettings)
 
     def main(self) -> None:

@@ -221,6 +221,12 @@ class Recipe:
         self.save()
         models = self.models()
         configs = {name: self.method_config(name) for name in models}
+        unused = [name for name in self.teachers() if name != "vanilla"]
+        if unused and configs[STUDENT].pipeline.model.distill_weight == 0:
+            print(
+                f"note: this student does not distil (distill weight 0), so teachers {' '.join(unused)} do not "
+                "change it; --recipe paper or --student-args='--pipeline.model.distill-weight 0.4' uses them"
+            )
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(),

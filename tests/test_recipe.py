@@ -85,7 +85,7 @@ def test_report_command_regenerates_the_report(finished_run):
     assert json.loads((finished_run / "report.json").read_text())["models"]["student"]["num_gaussians"] > 0
 
 
-def test_interrupted_run_resumes_without_redoing_finished_models(tiny_scene, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_without_redoing_finished_models(tiny_scene, tmp_path, monkeypatch, capsys):
     real_train = recipe_module.train
     started_at = {}
 
@@ -103,6 +103,7 @@ def test_interrupted_run_resumes_without_redoing_finished_models(tiny_scene, tmp
     recipe = Recipe(tiny_scene, tmp_path / "out", settings(teachers=("vanilla", "dropout")))
     with pytest.raises(KeyboardInterrupt):
         recipe.execute()
+    assert "teachers dropout do not change it" in capsys.readouterr().out, "the gradual student does not distil"
     teacher_checkpoint = final_checkpoint(recipe.method_config("vanilla"))
     teacher_stamp = teacher_checkpoint.stat().st_mtime_ns
     assert not (tmp_path / "out" / "student.ply").exists()

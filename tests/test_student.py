@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -84,6 +86,25 @@ def test_cache_is_reused_and_rebuilt_on_each_kind_of_change(tiny_scene, teacher_
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     assert pipeline.datamanager.teacher_cache_rebuilt
     assert pipeline.datamanager.teacher_images[0].shape[:2] == (20, 24)
+
+
+def random_states():
+    return random.getstate(), np.random.get_state()[1].tolist(), torch.random.get_rng_state()
+
+
+def test_building_the_cache_draws_no_random_numbers(tiny_scene, teacher_runs, tmp_path):
+    # A run resumed after a kill during its first checkpoint finds the cache its killed attempt built: it must train
+    # on the same random stream as a run that built the cache itself, or the two end apart.
+    np.random.seed(0)
+    _, pipeline, _ = student(tiny_scene, teacher_runs, tmp_path / "cache")
+    assert pipeline.datamanager.teacher_cache_rebuilt
+    after_build = random_states()
+    np.random.seed(0)
+    _, pipeline, _ = student(tiny_scene, teacher_runs, tmp_path / "cache")
+    assert not pipeline.datamanager.teacher_cache_rebuilt
+    after_reuse = random_states()
+    assert after_build[:2] == after_reuse[:2]
+    assert torch.equal(after_build[2], after_reuse[2])
 
 
 def test_interrupted_build_leaves_nothing_trusted(tiny_scene, teacher_runs, tmp_path, monkeypatch):

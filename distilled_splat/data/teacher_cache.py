@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Deque, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -211,6 +213,23 @@ def build(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def random_state_kept(device: torch.device) -> Iterator[None]:
+    """Leave Python's, numpy's and torch's random state as it was on entry.
+
+    Loading a teacher builds its model, which draws random numbers. Without this a student whose cache was built in
+    the same process would train on another random stream than one that found its cache on disk (a run resumed
+    after a kill during its first checkpoint), and the two would end apart.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Put ``new`` at ``target``; at every instant ``target`` is either the old complete folder or absent."""
     old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -250,7 +269,8 @@ def load_or_build(
     if contents is not None:
         return TeacherImages(*contents, rebuilt=False)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    manifest = build(cache_dir, key, teacher_configs, cameras, scene_cameras, device)
+    with random_state_kept(device):
+        manifest = build(cache_dir, key, teacher_configs, cameras, scene_cameras, device)
     contents = read_contents(cache_dir, manifest, cameras)
     if contents is None:
         raise DistilledSplatError(f"teacher cache {cache_dir} could not be read back right after building it")
