@@ -106,6 +106,12 @@ MUTANTS = {
         "** (1 / 1))",
         "tests/test_frontier.py::test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important",
     ),
+    "teacher cache build draws from the student's random stream": (
+        "distilled_splat/data/teacher_cache.py",
+        "    with random_state_kept(device):\n        manifest = build(",
+        "    if True:\n        manifest = build(",
+        "tests/test_student.py::test_building_the_cache_draws_no_random_numbers",
+    ),
     "frontier retrains finished models": (
         "distilled_splat/frontier.py",
         "pending = [spec for spec in specs if not self.result_path(spec).is_file()]",
