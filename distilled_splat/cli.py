@@ -72,8 +72,8 @@ class Demo:
 class FrontierRecipeSettings(RecipeSettings):
     """The settings of `run`, less its single budget: the frontier's budgets come from --budgets."""
 
-    target_fraction: tyro.conf.Suppress[Optional[float]] = 0.1
-    target_gaussians: tyro.conf.Suppress[Optional[int]] = None
+    target_fraction: tyro.conf.Suppress[Optional[float]] = RecipeSettings.target_fraction
+    target_gaussians: tyro.conf.Suppress[Optional[int]] = RecipeSettings.target_gaussians
 
 
 @dataclass
