@@ -1,6 +1,7 @@
 """What distillation costs: student vs teacher step time, cache build, structural loss, importance, rendering.
 
     python benchmarks/bench_distillation.py [--output outputs/demo] [--steps 30] [--device auto|cpu|cuda]
+        [--structure-counts 100000 1000000]
 
 Needs a finished ``distilled-splat run`` / ``demo`` folder (run ``distilled-splat demo`` first); everything is
 measured in this one process on one device, so the ratios compare like with like. Prints one table.
@@ -28,7 +29,7 @@ from distilled_splat.data.teacher_cache import load_or_build, render_premultipli
 from distilled_splat.losses import StructureLoss, structure_loss
 from distilled_splat.recipe import STUDENT, Recipe
 from distilled_splat.teachers import load_teacher, teacher_config_path
-from distilled_splat.training import final_checkpoint, resolve_device
+from distilled_splat.training import last_step_checkpoint, resolve_device
 
 
 def synchronize(device: torch.device) -> None:
@@ -94,12 +95,16 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--structure-counts", type=int, nargs="+", default=[100_000, 1_000_000],
+        help="point counts (besides the student's own) at which the structural loss is timed",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(resolve_device(args.device))
     recipe = Recipe.load(args.output)
     recipe.settings.device = device.type
-    teacher_configs = [teacher_config_path(recipe.teacher_config_path(t)) for t in recipe.settings.teachers]
-    vanilla_checkpoint = final_checkpoint(recipe.method_config("vanilla"))
+    teacher_configs = [teacher_config_path(recipe.teacher_config_path(t)) for t in recipe.teachers()]
+    vanilla_checkpoint = last_step_checkpoint(recipe.method_config("vanilla"))
     rows: List[tuple] = []
 
     # 1. Student vs vanilla teacher step, same Gaussians (the teacher's), same cameras.
@@ -148,7 +153,8 @@ def main() -> None:
     loaded.clear()  # only the cache build holds teachers from here on
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        load_or_build(Path(folder) / "cache", teacher_configs, cameras, names, "mean", device)
+        scene_cameras = student.datamanager.train_dataparser_outputs.cameras
+        load_or_build(Path(folder) / "cache", teacher_configs, cameras, scene_cameras, names, "mean", device)
         build = time.perf_counter() - start
         view_bytes = sum(p.stat().st_size for p in (Path(folder) / "cache" / "views").iterdir()) / len(cameras)
         shutil.rmtree(folder, ignore_errors=True)
@@ -168,7 +174,7 @@ def main() -> None:
     # 3. Structural loss, both modes, at the finished student's size and at 1e5 / 1e6 points, grid 256.
     teacher_means = student.model.teacher_means.to(device)
     small, small_optimizers = training_pipeline(
-        recipe, STUDENT, device, final_checkpoint(recipe.method_config(STUDENT))
+        recipe, STUDENT, device, last_step_checkpoint(recipe.method_config(STUDENT))
     )
     small_step = timed(step_function(small, small_optimizers), device, args.steps)
     rows.append(
@@ -179,7 +185,7 @@ def main() -> None:
         )
     )
     for mode in ("marginal", "joint"):
-        for n in (small.model.num_points, 100_000, 1_000_000):
+        for n in (small.model.num_points, *args.structure_counts):
             if n == small.model.num_points:  # the finished student's own centres
                 means = small.model.means.detach().clone()
             else:
@@ -197,7 +203,7 @@ def main() -> None:
             first = timed(first_call, device, 3)
             extra = peak_memory(first_call, device)
             share = f"{seconds / small_step:.1%} of that step" + (
-                " (target <= 3%)" if mode == "marginal" and n < 100_000 else ""
+                " (target <= 3%)" if mode == "marginal" and n == small.model.num_points else ""
             )
             rows.append(
                 (

@@ -7,7 +7,7 @@
 # two imports that cannot travel. The machine's own CUDA torch is kept. Sourcing it again in the same shell
 # (or below one that did) does nothing.
 if [ -n "${GPU_ENV_READY:-}" ]; then return 0; fi
-python3 - <<'PY'
+python3 - <<'PY' || return 1  # sourced: stop the calling script here, whatever its shell options
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit("gpu: no CUDA device visible to torch")

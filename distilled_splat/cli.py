@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import tyro
 
@@ -13,7 +13,7 @@ from distilled_splat.data.synthetic import PRESETS, write_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exporters import Format
 from distilled_splat.frontier import Frontier, FrontierSettings
-from distilled_splat.recipe import Recipe, RecipeSettings
+from distilled_splat.recipe import Recipe, RecipeSettings, StudentRecipe
 from distilled_splat.report import write_report
 from distilled_splat.training import export_compact
 
@@ -70,18 +70,22 @@ class Demo:
 
 @dataclass
 class FrontierRecipeSettings(RecipeSettings):
-    """The settings of `run`, less its single budget: the frontier's budgets come from --budgets."""
+    """The settings of `run`, less its single budget and recipe: the frontier's budgets come from --budgets, and it
+    trains both students (`student`, `student-paper`) as contenders."""
 
     target_fraction: tyro.conf.Suppress[Optional[float]] = RecipeSettings.target_fraction
     target_gaussians: tyro.conf.Suppress[Optional[int]] = RecipeSettings.target_gaussians
+    recipe: tyro.conf.Suppress[StudentRecipe] = RecipeSettings.recipe
 
 
 @dataclass
 class FrontierCommand:
-    """Train the student and its alternatives (the paper's student, pruned-and-finetuned vanilla, MCMC-capped
-    splatfacto, ablations) at the same Gaussian budgets and seeds, evaluate them on the held-out views and write
-    frontier.json, frontier.md and frontier.png. Reuses the teachers of a `run` in the same output folder (or
-    trains them); re-running skips finished models."""
+    """Train the student and the alternatives to it (PUP-3DGS pruning, LightGaussian pruning, MCMC-capped
+    splatfacto, splat-transform decimation with and without fine-tuning, the paper's student) at the same Gaussian
+    budgets, seeds and total optimisation, evaluate them on the held-out views and write frontier.json,
+    frontier.md and frontier.png (PSNR against Gaussians and against SPZ bytes). Reuses the teachers of a `run` in
+    the same output folder (or trains them); re-running skips finished models, and never reuses one made under
+    other settings."""
 
     data: Path
     """Scene (as for `run`)."""
@@ -108,11 +112,12 @@ class Report:
 @dataclass
 class Export:
     """Write a trained model (any splatfacto run of nerfstudio, ours included) or a 3DGS PLY as a standard PLY,
-    an antimatter15 .splat or a Niantic SPZ (version 2) file, for viewers such as SuperSplat, Spark or
-    antimatter15/splat."""
+    an antimatter15 .splat, a Niantic SPZ (version 2), a PlayCanvas SOG, or a single-file interactive page
+    (.html: PlayCanvas's SuperSplat viewer with the splats inside, opening at the run's first held-out camera).
+    SOG and .html go through splat-transform, which scripts/setup.sh installs."""
 
     output: Path
-    """File to write; its suffix (.ply, .splat, .spz) picks the format unless --format is given."""
+    """File to write; its suffix (.ply, .splat, .spz, .sog, .html) picks the format unless --format is given."""
     load_config: Optional[Path] = None
     """config.yml of a trained run (exported with ns-export gaussian-splat first)."""
     ply: Optional[Path] = None
@@ -126,8 +131,10 @@ class Export:
 
     def main(self) -> None:
         fmt = self.format or self.output.suffix.lstrip(".")
-        if fmt not in ("ply", "splat", "spz"):
-            raise DistilledSplatError(f"cannot tell the format of {self.output}: use .ply, .splat or .spz, or --format")
+        if fmt not in get_args(Format):
+            raise DistilledSplatError(
+                f"cannot tell the format of {self.output}: use .ply, .splat, .spz, .sog or .html, or --format"
+            )
         if (self.load_config is None) == (self.ply is None):
             raise DistilledSplatError("give exactly one of --load-config (a trained run) and --ply (a 3DGS PLY)")
         print(export_compact(self.output, fmt, self.load_config, self.ply, self.sh_degree, self.min_opacity))

@@ -1,63 +1,62 @@
-"""The budget-quality frontier: the student against the obvious ways to get a small splat model, at the same
-Gaussian count, same scene, same steps, several seeds, in one run.
+"""The budget-quality frontier: the student against the strongest ways to get a small splat model, at the same
+Gaussian count, on the same scene and held-out views, at matched total optimisation, over several seeds.
 
 Every model is an ordinary nerfstudio run under OUTPUT/runs/frontier and its result a small JSON file under
 OUTPUT/frontier/models, written when its evaluation is done: re-running skips finished models and resumes
-interrupted trainings from their checkpoints.
+interrupted trainings. Both are named by a fingerprint of everything that decides the model (scene, teacher
+checkpoints, its config after scaling, steps, seed), so a frontier with other settings never reuses a result or
+resumes a run made under different ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import hashlib
 import json
 import os
-import statistics
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import torch
+import tyro
+import yaml
 from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typing_extensions import Annotated
 
+from distilled_splat import splat_transform
+from distilled_splat.contenders import CONTENDERS, DEFAULT_ABLATIONS, DEFAULT_METHODS, Compute, ContenderName, Setup
+from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfig
+from distilled_splat.data.scene_inputs import declared_point_cloud, find_scene, read_frames
+from distilled_splat.decimation import decimate_gaussians, gaussians_from_ply
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.method_configs import distilled_mcmc, distilled_splatfacto_paper, from_teacher
+from distilled_splat.exporters import read_3dgs_ply
+from distilled_splat.frontier_report import write_frontier
 from distilled_splat.recipe import TEACHER_METHODS, Recipe
-from distilled_splat.training import evaluate, gaussian_count, is_trained, train, write_atomically
+from distilled_splat.teachers import fingerprint as file_fingerprint
+from distilled_splat.training import (
+    evaluate,
+    export_compact,
+    export_ply,
+    gaussian_count,
+    is_trained,
+    last_step_checkpoint,
+    refuse_other_settings,
+    train,
+    write_atomically,
+)
 
-FrontierMethod = Literal[
-    "student",
-    "student-paper",
-    "pruned-finetuned",
-    "capped-mcmc",
-    "student-no-distill",
-    "student-no-structure",
-    "student-vanilla-teacher",
-    "student-one-cut",
-    "student-distilled",
-]
-METHOD_HELP = {
-    "student": "the student as `run` trains it (its --recipe)",
-    "student-paper": "the student of --recipe paper: Distilled-3DGS as published",
-    "pruned-finetuned": "vanilla teacher importance-pruned to the budget, fine-tuned on the real images (LightGaussian)",
-    "capped-mcmc": "splatfacto never above the budget, densifying by relocation (3DGS-MCMC, gsplat's MCMCStrategy)",
-    "student-no-distill": "the student without the distillation term",
-    "student-no-structure": "the student without the structural loss",
-    "student-vanilla-teacher": "the student distilled from the vanilla teacher alone",
-    "student-one-cut": "a student started from the teacher, cut to the budget at once instead of gradually",
-    "student-distilled": "the student plus --recipe paper's distillation (from its three teachers) and structural loss",
-}
-ALTERNATIVES = ("pruned-finetuned", "capped-mcmc")
-"""The ways to a small model that are not the student: what the student has to beat."""
-PAPER_TEACHER_METHODS = ("student-paper", "student-distilled")
-"""Methods that distil from --recipe paper's teachers, whatever the run's recipe."""
+CHOICES = "; ".join(f"{name}: {contender.description}" for name, contender in CONTENDERS.items())
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    method: FrontierMethod
+    method: str
     budget: float
     seed: int
 
@@ -68,27 +67,58 @@ class ModelSpec:
 
 @dataclass
 class FrontierSettings:
-    """Which methods, budgets and seeds the frontier trains."""
+    """Which contenders, budgets and seeds the frontier trains, and how their compute is matched."""
 
     budgets: Tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
     """Budgets as fractions of the vanilla teacher's Gaussian count."""
-    methods: Tuple[FrontierMethod, ...] = ("student", "student-paper", "pruned-finetuned", "capped-mcmc")
-    """Methods trained at every budget."""
-    ablations: Tuple[FrontierMethod, ...] = ("student-distilled",)
-    """Methods trained only at --ablation-budgets."""
+    methods: Annotated[
+        Tuple[ContenderName, ...], tyro.conf.arg(help=f"Contenders trained at every budget: {CHOICES}")
+    ] = DEFAULT_METHODS
+    ablations: Annotated[
+        Tuple[ContenderName, ...], tyro.conf.arg(help="Contenders trained only at --ablation-budgets.")
+    ] = DEFAULT_ABLATIONS
     ablation_budgets: Tuple[float, ...] = (0.1, 0.2)
     """Budgets of the ablations (each costs a full training per seed)."""
     seeds: int = 3
-    """Seeds per model: --seed, --seed + 1, ...; the tables give mean and spread over them."""
+    """Seeds per model: --seed, --seed + 1, ...; the tables give mean and spread over them. A contender nothing
+    random goes into (decimated) runs once."""
+    teacher_started_seeds: Optional[int] = None
+    """Seeds for the contenders that start from the trained teacher (the student, PUP, pruning, decimation):
+    given the teacher only the order of the views varies, so their spread over seeds is small (README); default:
+    --seeds. Contenders from the point cloud always get --seeds."""
+    compute: Compute = "total"
+    """'total': every contender gets the same total optimisation: one that uses no teacher trains the teacher's
+    steps plus the student's. 'own': every trained contender trains the student's steps, whatever it starts from."""
     jobs: int = 1
     """Models trained at once (each in its own process, with an equal share of the CPU threads)."""
+    other_settings: bool = False
+    """Also list the results this output folder holds from frontiers with other settings, in tables of their own."""
 
     def check(self) -> None:
         budgets = (*self.budgets, *self.ablation_budgets)
         if any(not 0 < budget <= 1 for budget in budgets):
             raise DistilledSplatError(f"budgets must be fractions in (0, 1], got {' '.join(map(str, budgets))}")
-        if self.seeds < 1 or self.jobs < 1:
-            raise DistilledSplatError("--seeds and --jobs must be positive")
+        if (
+            self.seeds < 1
+            or self.jobs < 1
+            or (self.teacher_started_seeds is not None and self.teacher_started_seeds < 1)
+        ):
+            raise DistilledSplatError("--seeds, --teacher-started-seeds and --jobs must be positive")
+
+
+def scene_fingerprint(data: Path) -> str:
+    """sha256 of the scene's camera files and point cloud, and of its image files' names and sizes."""
+    scene = find_scene(data)
+    digest = hashlib.sha256()
+    cameras = [scene.transforms] if scene.kind == "transforms" else sorted((scene.root / scene.colmap_model).iterdir())
+    points = declared_point_cloud(scene)
+    for path in [*cameras, *([points] if points is not None else [])]:
+        if path is not None and path.is_file():
+            digest.update(path.name.encode() + file_fingerprint(path).encode())
+    for frame in read_frames(scene):
+        size = frame.image.stat().st_size if frame.image.is_file() else -1
+        digest.update(f"{frame.image.name}:{size}".encode())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -98,81 +128,154 @@ class Frontier:
 
     def __post_init__(self) -> None:
         self.settings.check()
+        self.cached: Dict[Tuple, object] = {}  # fingerprints and counts of files that do not change under a frontier
+        self.unavailable: Dict[str, str] = {}
+        if splat_transform.find() is None:
+            for name, contender in CONTENDERS.items():
+                if contender.start == "teacher-ply":
+                    self.unavailable[name] = splat_transform.HOW_TO_GET
 
     @property
     def folder(self) -> Path:
         return self.recipe.output / "frontier"
 
     def specs(self) -> List[ModelSpec]:
+        """Every model this frontier trains, seed by seed (an interrupted frontier has each at least once first)."""
         settings, first = self.settings, self.recipe.settings.seed
-        seeds = range(first, first + settings.seeds)
-        # Seed by seed, so that an interrupted frontier has every model at least once before any twice.
         specs = []
-        for seed in seeds:
-            specs += [ModelSpec(m, b, seed) for b in settings.budgets for m in settings.methods]
-            specs += [ModelSpec(m, b, seed) for b in settings.ablation_budgets for m in settings.ablations]
-        return list(dict.fromkeys(specs))
-
-    def result_path(self, spec: ModelSpec) -> Path:
-        return self.folder / "models" / f"{spec.name}.json"
+        for seed in range(first, first + settings.seeds):
+            planned = [(m, b) for b in settings.budgets for m in settings.methods]
+            planned += [(m, b) for b in settings.ablation_budgets for m in settings.ablations]
+            for method, budget in planned:
+                contender = CONTENDERS[method]
+                if method in self.unavailable or (seed != first and not contender.seed_matters):
+                    continue
+                few = settings.teacher_started_seeds
+                if few is not None and contender.start != "points" and seed >= first + few:
+                    continue
+                if CONTENDERS[method].start == "teacher-ply" and method != "decimated":
+                    specs.append(ModelSpec("decimated", budget, first))  # what it starts from
+                specs.append(ModelSpec(method, budget, seed))
+        # Decimated teachers first: their fine-tuned contenders start from them.
+        return sorted(dict.fromkeys(specs), key=lambda spec: CONTENDERS[spec.method].trains)
 
     def vanilla_config(self) -> TrainerConfig:
         return self.recipe.method_config("vanilla")
 
-    def model_config(self, spec: ModelSpec) -> TrainerConfig:
-        recipe = self.recipe
-        steps = recipe.settings.student_steps or recipe.settings.steps
-        if spec.method == "capped-mcmc":
-            config = recipe.run_config(distilled_mcmc.config, steps)
-            config.pipeline.model.cap_max = max(1, round(spec.budget * gaussian_count(self.vanilla_config())))
+    def budget_count(self, budget: float) -> int:
+        return max(1, round(budget * self.vanilla_count()))
+
+    def vanilla_count(self) -> int:
+        return self.once(("vanilla count",), lambda: gaussian_count(self.vanilla_config()))
+
+    def once(self, key: Tuple, compute):
+        if key not in self.cached:
+            self.cached[key] = compute()
+        return self.cached[key]
+
+    def own_and_total_steps(self, method: str) -> Tuple[int, int]:
+        return CONTENDERS[method].steps(self.recipe, self.settings.compute)
+
+    def base_config(self, spec: ModelSpec) -> TrainerConfig:
+        """The contender's config for this budget and seed, before it is given its run folder."""
+        contender, recipe = CONTENDERS[spec.method], self.recipe
+        if not contender.trains:
+            config = copy.deepcopy(self.vanilla_config())  # a decimated teacher is stored as the teacher's runs are
         else:
-            config = recipe.student_config("paper" if spec.method == "student-paper" else recipe.settings.recipe)
-            model, datamanager = config.pipeline.model, config.pipeline.datamanager
-            model.target_fraction, model.target_gaussians = spec.budget, None
-            if spec.method == "student-vanilla-teacher":
-                teachers = ("vanilla",)
-            else:
-                teachers = recipe.teachers("paper" if spec.method in PAPER_TEACHER_METHODS else None)
-            datamanager.teachers = tuple(recipe.teacher_config_path(name) for name in teachers)
-            datamanager.teacher_cache_dir = self.recipe.runs / "frontier" / "teacher-cache" / "+".join(teachers)
-            if spec.method == "student-distilled":
-                paper = distilled_splatfacto_paper.config.pipeline.model
-                model.distill_weight, model.structure_weight = paper.distill_weight, paper.structure_weight
-            if spec.method == "student-no-distill":
-                model.distill_weight = 0.0
-            if spec.method == "student-no-structure":
-                model.structure_weight = 0.0
-            if spec.method in ("student-one-cut", "pruned-finetuned"):
-                from_teacher(config, budget_cuts=1)
-            if spec.method == "pruned-finetuned":
-                model.distill_weight, model.structure_weight = 0.0, 0.0
-        config.output_dir = self.recipe.runs
+            config = recipe.run_config(contender.method.config, self.own_and_total_steps(spec.method)[0])
+            if isinstance(config.pipeline.datamanager, DistilledDatamanagerConfig):
+                config = recipe.with_args(config, recipe.settings.student_args)
+                teachers = contender.teachers(recipe)
+                datamanager = config.pipeline.datamanager
+                datamanager.teachers = tuple(recipe.teacher_config_path(name) for name in teachers)
+                datamanager.teacher_cache_dir = recipe.runs / "frontier" / "teacher-cache" / "+".join(teachers)
+                config.pipeline.model.target_fraction, config.pipeline.model.target_gaussians = spec.budget, None
+        setup = Setup(self.budget_count(spec.budget), lambda: str(self.decimated_checkpoint(spec.budget)))
+        contender.settings(config, setup)
+        config.output_dir = recipe.runs
         config.experiment_name = "frontier"
-        config.timestamp = spec.name
-        config.machine.seed = spec.seed
+        config.machine.seed = spec.seed if contender.seed_matters else recipe.settings.seed
         return config
 
+    def decimated_checkpoint(self, budget: float) -> Path:
+        return last_step_checkpoint(self.model_config(ModelSpec("decimated", budget, self.recipe.settings.seed)))
+
+    def fingerprint(self, spec: ModelSpec) -> str:
+        """sha256 of everything that decides the model: its config after scaling (paths inside the output folder
+        and the scene written relative to them), the scene's files, the checkpoints of the teachers it uses, its
+        seed (in the config), and splat-transform's version where it decimates."""
+        return self.once(("fingerprint", spec), lambda: self.compute_fingerprint(spec))
+
+    def compute_fingerprint(self, spec: ModelSpec) -> str:
+        config = self.base_config(spec)
+        text = yaml.dump(config).replace(str(self.recipe.output.resolve()), "<output>")
+        text = text.replace(str(self.recipe.data.resolve()), "<scene>")
+        contender = CONTENDERS[spec.method]
+        extra = {
+            "scene": self.once(("scene",), lambda: scene_fingerprint(self.recipe.data.resolve())),
+            "teachers": {name: self.teacher_fingerprint(name) for name in contender.teachers_used(self.recipe)},
+            "splat_transform": splat_transform.VERSION if contender.start == "teacher-ply" else None,
+            # A model made without training has nothing in its config that tells its budget.
+            **({} if contender.trains else {"decimated_to": self.budget_count(spec.budget)}),
+            # cut-method auto merges only where splat-transform is installed.
+            **({"merges": splat_transform.find() is not None} if "cut_method: auto" in text else {}),
+        }
+        return hashlib.sha256((text + json.dumps(extra, sort_keys=True)).encode()).hexdigest()
+
+    def teacher_fingerprint(self, name: str) -> str:
+        return self.once(
+            ("teacher", name), lambda: file_fingerprint(last_step_checkpoint(self.recipe.method_config(name)))
+        )
+
+    def stem(self, spec: ModelSpec) -> str:
+        """The model's name and the start of its fingerprint: its run folder and result file are named so."""
+        return f"{spec.name}-{self.fingerprint(spec)[:12]}"
+
+    def model_config(self, spec: ModelSpec) -> TrainerConfig:
+        config = self.base_config(spec)
+        config.timestamp = self.stem(spec)
+        return config
+
+    def result_path(self, spec: ModelSpec) -> Path:
+        return self.folder / "models" / f"{self.stem(spec)}.json"
+
+    def settings_record(self) -> Dict:
+        """The frontier-wide settings a result was made under (what its table states once)."""
+        settings = self.recipe.settings
+        return {
+            "data": str(self.recipe.data.resolve()), "teacher_steps": settings.steps,
+            "student_steps": settings.student_steps, "compute": self.settings.compute, "device": settings.device,
+            "downscale": settings.downscale, "teachers": list(self.recipe.teachers("gradual")),
+            "student_args": settings.student_args, "teacher_args": settings.teacher_args,
+        }  # fmt: skip
+
+    def teachers_needed(self) -> List[str]:
+        needed = {"vanilla"}
+        for spec in self.specs():
+            needed |= set(CONTENDERS[spec.method].teachers_used(self.recipe))
+        return [name for name in TEACHER_METHODS if name in needed]
+
     def train_teachers(self, progress: Progress) -> None:
-        needed = set(self.recipe.teachers())
-        if any(spec.method in PAPER_TEACHER_METHODS for spec in self.specs()):
-            needed |= set(self.recipe.teachers("paper"))
-        for name in [name for name in TEACHER_METHODS if name in needed]:
+        for name in self.teachers_needed():
             config = self.recipe.method_config(name)
+            refuse_other_settings(config)
             if is_trained(config):
                 progress.console.print(f"reusing the {name} teacher: {config.get_base_dir()}")
             else:
                 self.recipe.train_stage(name, config, progress)
 
     def execute(self) -> List[Dict]:
-        recipe = self.recipe
-        recipe.save()
-        specs = self.specs()
-        pending = [spec for spec in specs if not self.result_path(spec).is_file()]
+        self.recipe.save()
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(),
         ) as progress:  # fmt: skip
             self.train_teachers(progress)
+            for name, reason in self.unavailable.items():
+                if name in (*self.settings.methods, *self.settings.ablations):
+                    progress.console.print(f"[yellow]{name}: not available ({reason})")
+            specs = self.specs()
+            pending = [spec for spec in specs if not self.result_path(spec).is_file()]
             done = len(specs) - len(pending)
             if done:
                 progress.console.print(f"reusing {done} finished frontier models from {self.folder / 'models'}")
@@ -183,25 +286,27 @@ class Frontier:
                     self.finished(progress, overall)
             else:
                 self.run_parallel(pending, progress, overall)
-        rows = self.rows()
-        print(write_frontier(self, rows))
-        return rows
+        current, _ = self.rows()
+        markdown = write_frontier(self, current)
+        print(markdown)
+        return current
 
     def finished(self, progress: Progress, overall) -> None:
         """After each model: the tables and plot cover what is finished so far, so an interrupted frontier has them."""
         progress.advance(overall)
-        write_frontier(self, self.rows())
+        write_frontier(self, self.rows()[0])
 
     def run_parallel(self, pending: List[ModelSpec], progress: Progress, overall) -> None:
-        # The first model of each teacher set builds its cache alone; the others then only read it.
-        caches: Dict[str, ModelSpec] = {}
+        # Decimations, and the first model of each teacher cache, run here alone; the others then only read them.
+        first: Dict[str, ModelSpec] = {}
         for spec in pending:
-            if spec.method != "capped-mcmc":
-                caches.setdefault(str(self.model_config(spec).pipeline.datamanager.teacher_cache_dir), spec)
-        for spec in caches.values():
+            datamanager = self.model_config(spec).pipeline.datamanager
+            key = str(getattr(datamanager, "teacher_cache_dir", None)) if CONTENDERS[spec.method].trains else spec.name
+            first.setdefault(key, spec)
+        for spec in first.values():
             self.train_and_evaluate(spec, progress)
             self.finished(progress, overall)
-        rest = [spec for spec in pending if spec not in caches.values()]
+        rest = [spec for spec in pending if spec not in first.values()]
         with ProcessPoolExecutor(self.settings.jobs, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(train_in_worker, self, spec, self.settings.jobs): spec for spec in rest}
             for future in as_completed(futures):
@@ -211,51 +316,93 @@ class Frontier:
                 )
                 self.finished(progress, overall)
 
+    def produce(self, spec: ModelSpec, config: TrainerConfig, progress: Optional[Progress]) -> None:
+        """Train the model, or for a contender that is not trained, make it (a decimated teacher)."""
+        if not CONTENDERS[spec.method].trains:
+            if not is_trained(config):
+                decimate_run(self.vanilla_config(), self.budget_count(spec.budget), config)
+            return
+        if progress is None:
+            train(config)
+            return
+        task = progress.add_task(f"training {spec.name}", total=config.max_num_iterations)
+        train(config, on_step=lambda step: progress.update(task, completed=step + 1))
+        progress.remove_task(task)
+
     def train_and_evaluate(self, spec: ModelSpec, progress: Optional[Progress] = None) -> Dict:
         config = self.model_config(spec)
+        stem = config.timestamp
         started = time.perf_counter()
-        seconds_before = self.read_result_seconds(spec)
-        if progress is not None:
-            task = progress.add_task(f"training {spec.name}", total=config.max_num_iterations)
-            train(config, on_step=lambda step: progress.update(task, completed=step + 1))
-            progress.remove_task(task)
-        else:
-            train(config)
-        trained = time.perf_counter() - started
-        partial = self.folder / "models" / f"{spec.name}.train-seconds"
-        total_seconds = seconds_before + trained
-        write_atomically(partial, lambda path: path.write_text(f"{total_seconds}"))
-        metrics = evaluate(config.get_base_dir() / "config.yml", self.folder / "evals" / f"{spec.name}.json")
+        seconds_before = self.read_result_seconds(stem)
+        self.produce(spec, config, progress)
+        seconds = seconds_before + time.perf_counter() - started
+        write_atomically(self.seconds_path(stem), lambda path: path.write_text(f"{seconds}"))
+        config_path = config.get_base_dir() / "config.yml"
+        metrics = evaluate(config_path, self.folder / "evals" / f"{stem}.json")
+        spz = export_compact(self.folder / "exports" / f"{stem}.spz", "spz", load_config=config_path)
+        contender = CONTENDERS[spec.method]
+        own_steps, total_steps = self.own_and_total_steps(spec.method)
+        teachers_used = contender.teachers_used(self.recipe)
+        teacher_seconds = self.recipe.read_timings()
         row = {
-            "method": spec.method,
-            "budget": spec.budget,
-            "seed": spec.seed,
-            "num_gaussians": gaussian_count(config),
-            "psnr": metrics["psnr"],
-            "ssim": metrics["ssim"],
-            "lpips": metrics.get("lpips"),
-            "train_seconds": round(total_seconds, 2),
-        }
+            "method": spec.method, "budget": spec.budget, "seed": spec.seed, "fingerprint": self.fingerprint(spec),
+            "settings": self.settings_record(), "start": contender.start, "teachers_used": list(teachers_used),
+            "num_gaussians": gaussian_count(config), "psnr": metrics["psnr"], "ssim": metrics["ssim"],
+            "lpips": metrics.get("lpips"), "spz_bytes": (self.folder / "exports" / f"{stem}.spz").stat().st_size,
+            "own_steps": own_steps, "total_steps": total_steps, "train_seconds": round(seconds, 2),
+            "train_seconds_total": round(seconds + sum(teacher_seconds[name] for name in teachers_used), 2)
+            if all(name in teacher_seconds for name in teachers_used) else None,
+        }  # fmt: skip
         write_atomically(self.result_path(spec), lambda path: path.write_text(json.dumps(row, indent=1)))
         if progress is not None:
-            progress.console.print(f"{spec.name}: {row['num_gaussians']} Gaussians, {row['psnr']:.2f} dB")
+            progress.console.print(f"{spec.name}: {row['num_gaussians']} Gaussians, {row['psnr']:.2f} dB; {spz}")
         return row
 
-    def read_result_seconds(self, spec: ModelSpec) -> float:
+    def seconds_path(self, stem: str) -> Path:
+        return self.folder / "models" / f"{stem}.train-seconds"
+
+    def read_result_seconds(self, stem: str) -> float:
         """Training time spent before an interruption (the model resumes; its time adds up)."""
         try:
-            return float((self.folder / "models" / f"{spec.name}.train-seconds").read_text())
+            return float(self.seconds_path(stem).read_text())
         except (OSError, ValueError):
             return 0.0
 
-    def rows(self) -> List[Dict]:
-        """Results of every model finished in this output folder: this frontier's and those of earlier frontiers
-        there (so that, say, three seeds at two budgets and one at the others make one table)."""
-        rows = [json.loads(path.read_text()) for path in (self.folder / "models").glob("*.json")]
-        return sorted(rows, key=lambda row: (row["budget"], row["method"], row["seed"]))
+    def rows(self) -> Tuple[List[Dict], List[Dict]]:
+        """(current, other): the results in this output folder made under this frontier's settings (its own and
+        earlier frontiers' with more seeds or budgets), and the rest, made under other settings."""
+        current, other = [], []
+        for path in sorted((self.folder / "models").glob("*.json")):
+            row = json.loads(path.read_text())
+            spec = ModelSpec(row["method"], row["budget"], row["seed"])
+            belongs = row["method"] in CONTENDERS and row.get("fingerprint") == self.fingerprint(spec)
+            (current if belongs else other).append(row)
+        key = lambda row: (row["budget"], row["method"], row["seed"])  # noqa: E731
+        return sorted(current, key=key), sorted(other, key=key)
 
     def finished_count(self) -> int:
         return sum(1 for spec in self.specs() if self.result_path(spec).is_file())
+
+
+def decimate_run(source: TrainerConfig, count: int, target: TrainerConfig) -> int:
+    """Write ``target`` (the ``source`` run's config with another output folder) as a run holding ``source``'s
+    Gaussians merged down to ``count`` by splat-transform; returns the count read back.
+
+    The checkpoint is ``source``'s final one with the Gaussians replaced, written last and atomically, so a killed
+    decimation leaves no run that looks finished.
+    """
+    checkpoint = torch.load(last_step_checkpoint(source), map_location="cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        ply = export_ply(source.get_base_dir() / "config.yml", Path(folder) / "source.ply")
+        decimated = gaussians_from_ply(read_3dgs_ply(ply))
+    for name, value in decimate_gaussians(decimated, count).items():
+        checkpoint["pipeline"][f"_model.gauss_params.{name}"] = value
+    checkpoint.pop("optimizers", None)  # the source's Adam moments belong to Gaussians that no longer exist
+    checkpoint.pop("scalers", None)
+    target.get_base_dir().mkdir(parents=True, exist_ok=True)
+    target.save_config()
+    write_atomically(last_step_checkpoint(target), lambda path: torch.save(checkpoint, path))
+    return len(decimated)
 
 
 def train_in_worker(frontier: Frontier, spec: ModelSpec, jobs: int) -> Dict:
@@ -269,132 +416,3 @@ def train_in_worker(frontier: Frontier, spec: ModelSpec, jobs: int) -> Dict:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
     return frontier.train_and_evaluate(spec)
-
-
-def mean_and_spread(values: List[float]) -> Tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarise(rows: List[Dict]) -> List[Dict]:
-    """Mean and spread per method and budget, ordered by budget, then method."""
-    groups: Dict[Tuple[str, float], List[Dict]] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["budget"]), []).append(row)
-    summary = []
-    for (method, budget), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
-        psnr, psnr_std = mean_and_spread([row["psnr"] for row in group])
-        ssim, ssim_std = mean_and_spread([row["ssim"] for row in group])
-        summary.append(
-            {
-                "method": method, "budget": budget, "seeds": len(group),
-                "num_gaussians": round(statistics.fmean(row["num_gaussians"] for row in group)),
-                "psnr": round(psnr, 3), "psnr_std": round(psnr_std, 3),
-                "ssim": round(ssim, 4), "ssim_std": round(ssim_std, 4),
-                "train_seconds": round(statistics.fmean(row["train_seconds"] for row in group), 1),
-            }
-        )  # fmt: skip
-    return summary
-
-
-def markdown(frontier: Frontier, summary: List[Dict], vanilla: Dict) -> str:
-    settings = frontier.recipe.settings
-    lines = [
-        f"# Frontier: {frontier.recipe.data}",
-        "",
-        f"{settings.student_steps or settings.steps} steps per model on {settings.device}; "
-        f"vanilla teacher: {vanilla['num_gaussians']:,} Gaussians, {vanilla['psnr']:.2f} dB, SSIM {vanilla['ssim']:.4f}. "
-        "PSNR and SSIM on the held-out views: mean ± sample standard deviation over seeds.",
-        "",
-        "| budget | method | seeds | Gaussians | PSNR | SSIM | train s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in summary:
-        lines.append(
-            f"| {row['budget']:g} | {row['method']} | {row['seeds']} | {row['num_gaussians']:,} | "
-            f"{row['psnr']:.2f} ± {row['psnr_std']:.2f} | {row['ssim']:.4f} ± {row['ssim_std']:.4f} | "
-            f"{row['train_seconds']:.0f} |"
-        )
-    lines += ["", "## Best at each budget", ""]
-    for budget in sorted({row["budget"] for row in summary}):
-        ranked = sorted((row for row in summary if row["budget"] == budget), key=lambda row: -row["psnr"])
-        best = ranked[0]
-        if len(ranked) == 1:
-            lines.append(f"- {budget:g}: {best['method']} (alone)")
-            continue
-        second = ranked[1]
-        lead = best["psnr"] - second["psnr"]
-        if min(best["seeds"], second["seeds"]) < 2:
-            lines.append(
-                f"- {budget:g}: {best['method']} leads {second['method']} by {lead:.2f} dB (one seed: no spread)"
-            )
-            continue
-        beyond = lead > best["psnr_std"] + second["psnr_std"]
-        lines.append(
-            f"- {budget:g}: {best['method']} leads {second['method']} by {lead:.2f} dB "
-            f"({'beyond' if beyond else 'within'} the spread of {best['psnr_std'] + second['psnr_std']:.2f})"
-        )
-    lines += ["", "## The student against the best alternative", ""]
-    for budget in sorted({row["budget"] for row in summary}):
-        student = next((row for row in summary if row["budget"] == budget and row["method"] == "student"), None)
-        others = [row for row in summary if row["budget"] == budget and row["method"] in ALTERNATIVES]
-        if student is None or not others:
-            continue
-        best = max(others, key=lambda row: row["psnr"])
-        lead, spread = student["psnr"] - best["psnr"], student["psnr_std"] + best["psnr_std"]
-        verdict = "one seed: no spread" if min(student["seeds"], best["seeds"]) < 2 else (
-            f"{'beyond' if abs(lead) > spread else 'within'} the spread of {spread:.2f}"
-        )  # fmt: skip
-        lines.append(
-            f"- {budget:g}: student {lead:+.2f} dB against {best['method']} ({verdict}); SSIM "
-            f"{student['ssim'] - best['ssim']:+.4f}; {student['num_gaussians']:,} against {best['num_gaussians']:,} Gaussians"
-        )
-    lines += ["", "## Methods", ""] + [f"- `{name}`: {text}" for name, text in METHOD_HELP.items()]
-    return "\n".join(lines) + "\n"
-
-
-def plot(summary: List[Dict], vanilla: Dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from distilled_splat.report import save_psnr_plot
-
-    figure, axes = plt.subplots(figsize=(6.5, 4))
-    for method in dict.fromkeys(row["method"] for row in summary):
-        points = sorted((row for row in summary if row["method"] == method), key=lambda row: row["num_gaussians"])
-        axes.errorbar(
-            [row["num_gaussians"] for row in points], [row["psnr"] for row in points],
-            yerr=[row["psnr_std"] for row in points], marker="o", markersize=4, capsize=3, label=method,
-        )  # fmt: skip
-    axes.scatter(vanilla["num_gaussians"], vanilla["psnr"], s=120, marker="*", color="black", label="vanilla teacher")
-    axes.legend(loc="lower right", fontsize="x-small")
-    save_psnr_plot(figure, axes, path)
-
-
-def write_frontier(frontier: Frontier, rows: List[Dict]) -> str:
-    """Write frontier.json, frontier.md and frontier.png for ``rows``; returns the markdown."""
-    vanilla_config = frontier.vanilla_config()
-    vanilla_eval = frontier.folder / "evals" / "vanilla.json"
-    metrics = (
-        json.loads(vanilla_eval.read_text())["results"]
-        if vanilla_eval.is_file()
-        else evaluate(vanilla_config.get_base_dir() / "config.yml", vanilla_eval)
-    )
-    vanilla = {"num_gaussians": gaussian_count(vanilla_config), "psnr": metrics["psnr"], "ssim": metrics["ssim"]}
-    summary = summarise(rows)
-    record = {
-        "data": str(frontier.recipe.data.resolve()),
-        "settings": {**dataclasses.asdict(frontier.recipe.settings), **dataclasses.asdict(frontier.settings)},
-        "vanilla_teacher": vanilla,
-        "models_planned": len(frontier.specs()),
-        "models_finished": frontier.finished_count(),
-        "rows": rows,
-        "summary": summary,
-    }
-    folder = frontier.recipe.output
-    write_atomically(folder / "frontier.json", lambda path: path.write_text(json.dumps(record, indent=1)))
-    write_atomically(folder / "frontier.md", lambda path: path.write_text(markdown(frontier, summary, vanilla)))
-    plot(summary, vanilla, folder / "frontier.png")
-    return markdown(frontier, summary, vanilla)

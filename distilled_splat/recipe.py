@@ -1,4 +1,5 @@
-"""The full Distilled-3DGS recipe on one scene: three teachers, the student, evaluation, export and report.
+"""The full recipe on one scene: the teachers (the vanilla one by default; three with --recipe paper), the
+student, evaluation, export and report.
 
 Every stage leaves a complete result or nothing, so running the recipe again skips what is finished and
 resumes what was interrupted.
@@ -18,6 +19,7 @@ import tyro
 from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from distilled_splat import splat_transform
 from distilled_splat.data.datamanager import say_once, scene_notes
 from distilled_splat.data.scene_checks import check_frames
 from distilled_splat.data.scene_inputs import dataparser_for, find_scene
@@ -36,6 +38,7 @@ from distilled_splat.training import (
     export_ply,
     gaussian_count,
     is_trained,
+    refuse_other_settings,
     resolve_device,
     train,
     write_atomically,
@@ -47,11 +50,11 @@ STUDENT = "student"
 StudentRecipe = Literal["gradual", "paper"]
 STUDENT_METHODS = {"gradual": distilled_splatfacto, "paper": distilled_splatfacto_paper}
 RECIPE_TEACHERS: Dict[str, Tuple[TeacherName, ...]] = {
-    "gradual": ("vanilla",),  # its student does not distil by default (see README's frontier)
+    "gradual": ("vanilla",),  # distils from the vanilla teacher alone: one teacher to train (README's frontier)
     "paper": ("vanilla", "noise", "dropout"),
 }
-COMPACT_FORMATS = ("spz", "splat")
-"""Written for every model next to its PLY (see distilled_splat/exporters.py)."""
+COMPACT_FORMATS = ("spz", "splat", "sog")
+"""Written for every model next to its PLY (see distilled_splat/exporters.py); sog where splat-transform is."""
 DEFAULT_STEPS = {"cuda": 30_000, "cpu": 1000}
 """Steps per model when --steps is not given: the paper's 30000 with gsplat on a GPU. On a 2-core CPU the vanilla
 teacher of the 135x240 fox capture trained at about 130 steps a minute (28,000 Gaussians by step 900), so four
@@ -87,21 +90,21 @@ class RecipeSettings:
     """Random seed of every model."""
     recipe: StudentRecipe = "gradual"
     """How the student is made. 'gradual' (ns-train distilled-splatfacto): the trained vanilla teacher cut to the
-    budget in 8 cuts over the first half of the run, fine-tuned in between and after; the best on our frontier
-    (README). 'paper' (ns-train distilled-splatfacto-paper): Distilled-3DGS as published, from the point cloud
-    with distillation, the structural loss and importance pruning."""
+    budget in 8 cuts over the first half of the run, fine-tuned on the real images and on the teachers' cached
+    renders at pseudo views, with the structural loss. 'paper' (ns-train distilled-splatfacto-paper):
+    Distilled-3DGS as published, from the point cloud with distillation, the structural loss and importance
+    pruning."""
 
     def check(self) -> None:
-        if self.teachers is None:
-            return
-        if "vanilla" not in self.teachers:
+        for name, steps in (("--steps", self.steps), ("--student-steps", self.student_steps)):
+            if steps is not None and steps < 1:
+                raise DistilledSplatError(f"{name} must be a positive number of steps, got {steps}")
+        if self.teachers is not None and "vanilla" not in self.teachers:
             raise DistilledSplatError(
                 "--teachers must include vanilla (the structural loss target and budget reference)"
             )
-        if len(set(self.teachers)) != len(self.teachers):
+        if self.teachers is not None and len(set(self.teachers)) != len(self.teachers):
             raise DistilledSplatError(f"--teachers lists a teacher twice: {' '.join(self.teachers)}")
-        if (self.steps is not None and self.steps < 1) or (self.student_steps is not None and self.student_steps < 1):
-            raise DistilledSplatError("--steps and --student-steps must be positive")
         if self.downscale is not None and self.downscale < 1:
             raise DistilledSplatError(f"--downscale must be a positive integer, got {self.downscale}")
 
@@ -109,7 +112,8 @@ class RecipeSettings:
         """These settings with the device and the default step count made concrete."""
         device = resolve_device(self.device)
         steps = self.steps if self.steps is not None else DEFAULT_STEPS[device]
-        return dataclasses.replace(self, device=device, steps=steps)
+        student_steps = self.student_steps if self.student_steps is not None else steps
+        return dataclasses.replace(self, device=device, steps=steps, student_steps=student_steps)
 
 
 @dataclass
@@ -136,7 +140,7 @@ class Recipe:
     def student_config(self, recipe: StudentRecipe) -> TrainerConfig:
         """The student of ``recipe`` on this scene, distilled from this recipe's teachers."""
         settings = self.settings
-        config = self.run_config(STUDENT_METHODS[recipe].config, settings.student_steps or settings.steps)
+        config = self.run_config(STUDENT_METHODS[recipe].config, settings.student_steps)
         config.timestamp = f"{config.timestamp}-{recipe}"
         config.pipeline.datamanager.teachers = tuple(self.teacher_config_path(t) for t in self.teachers(recipe))
         config.pipeline.model.target_fraction = settings.target_fraction
@@ -189,6 +193,13 @@ class Recipe:
     def export_path(self, name: str, fmt: str) -> Path:
         return self.output / "exports" / f"{name}.{fmt}"
 
+    @staticmethod
+    def compact_formats() -> Tuple[str, ...]:
+        """The compact formats this machine can write: SOG needs splat-transform."""
+        return (
+            COMPACT_FORMATS if splat_transform.find() is not None else tuple(f for f in COMPACT_FORMATS if f != "sog")
+        )
+
     def timings_path(self) -> Path:
         return self.output / "timings.json"
 
@@ -211,7 +222,7 @@ class Recipe:
     def execute(self) -> None:
         checked = check_frames(find_scene(self.data), self.settings.downscale)
         settings = self.settings
-        student_steps = settings.student_steps or settings.steps
+        student_steps = settings.student_steps
         print(
             f"scene: {checked.scene.describe()}, {len(checked.frames)} views (every 8th held out); "
             f"{settings.steps} steps per teacher, {student_steps} for the student, on {settings.device}"
@@ -222,10 +233,11 @@ class Recipe:
         models = self.models()
         configs = {name: self.method_config(name) for name in models}
         unused = [name for name in self.teachers() if name != "vanilla"]
-        if unused and configs[STUDENT].pipeline.model.distill_weight == 0:
+        student = configs[STUDENT].pipeline
+        if unused and student.model.distill_weight == 0 and student.datamanager.pseudo_share == 0:
             print(
-                f"note: this student does not distil (distill weight 0), so teachers {' '.join(unused)} do not "
-                "change it; --recipe paper or --student-args='--pipeline.model.distill-weight 0.4' uses them"
+                f"note: this student learns from no teacher's renders (no distillation, no pseudo views), so "
+                f"teachers {' '.join(unused)} do not change it"
             )
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -243,17 +255,18 @@ class Recipe:
                 progress.advance(overall)
                 if not self.ply_path(name).is_file():
                     export_ply(config_path, self.ply_path(name))
-                for fmt in COMPACT_FORMATS:
+                for fmt in self.compact_formats():
                     if not self.export_path(name, fmt).is_file():
                         export_compact(self.export_path(name, fmt), fmt, ply=self.ply_path(name))
                 progress.advance(overall)
-        for fmt in ("ply", "spz"):
+        for fmt in [fmt for fmt in ("ply", "spz", "sog") if fmt in ("ply", *self.compact_formats())]:
             exported = self.export_path(STUDENT, fmt)
             write_atomically(
                 self.output / f"student.{fmt}", lambda path, src=exported: path.write_bytes(src.read_bytes())
             )
 
     def train_stage(self, name: str, config: TrainerConfig, progress: Progress) -> None:
+        refuse_other_settings(config)
         if is_trained(config):
             progress.console.print(f"{name}: already trained, skipped")
             return

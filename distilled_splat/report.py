@@ -13,9 +13,10 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
+from distilled_splat import splat_transform
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.recipe import COMPACT_FORMATS, STUDENT, Recipe
-from distilled_splat.training import gaussian_count, write_atomically
+from distilled_splat.training import export_compact, gaussian_count, write_atomically
 
 FIELDS = (
     "psnr",
@@ -25,6 +26,7 @@ FIELDS = (
     "ply_bytes",
     "spz_bytes",
     "splat_bytes",
+    "sog_bytes",
     "render_ms",
     "train_seconds",
 )
@@ -40,7 +42,9 @@ def model_rows(recipe: Recipe) -> Dict[str, Dict[str, Optional[float]]]:
         config = recipe.method_config(name)
         try:
             results = json.loads(recipe.eval_path(name).read_text())["results"]
-            sizes = {f"{fmt}_bytes": recipe.export_path(name, fmt).stat().st_size for fmt in ("ply", *COMPACT_FORMATS)}
+            written = ("ply", *recipe.compact_formats())
+            sizes = {f"{fmt}_bytes": recipe.export_path(name, fmt).stat().st_size for fmt in written}
+            sizes.update({f"{fmt}_bytes": None for fmt in COMPACT_FORMATS if fmt not in written})
         except (OSError, ValueError, KeyError):
             raise DistilledSplatError(
                 f"{name} is not finished in {recipe.output}: run `distilled-splat run` to complete it"
@@ -85,8 +89,27 @@ def table(rows: Dict[str, Dict]) -> Table:
     return result
 
 
-def markdown(rows: Dict[str, Dict], ratio: Dict[str, float], views: List[str]) -> str:
-    lines = ["# Distilled-3DGS report", "", "| model | " + " | ".join(FIELDS) + " |", "|---" * (len(FIELDS) + 1) + "|"]
+VIEWER_PAGES = {"vanilla": "report/viewer/teacher.html", STUDENT: "report/viewer/student.html"}
+"""Interactive pages of the vanilla teacher and the student, relative to the output folder."""
+
+
+def write_viewer_pages(recipe: Recipe) -> Optional[str]:
+    """The teacher's and the student's interactive pages, opening at held-out view 0 (the report's first image);
+    returns why they could not be written, or None."""
+    from distilled_splat.web_viewer import held_out_view
+
+    if splat_transform.find() is None:
+        return splat_transform.HOW_TO_GET
+    for name, page in VIEWER_PAGES.items():
+        config_path = recipe.method_config(name).get_base_dir() / "config.yml"
+        export_compact(recipe.output / page, "html", ply=recipe.ply_path(name), opening_view=held_out_view(config_path))
+    return None
+
+
+def markdown(
+    title: str, rows: Dict[str, Dict], ratio: Dict[str, float], views: List[str], no_pages: Optional[str]
+) -> str:
+    lines = [f"# {title}", "", "| model | " + " | ".join(FIELDS) + " |", "|---" * (len(FIELDS) + 1) + "|"]
     for model, row in rows.items():
         lines.append(f"| {LABELS[model]} | " + " | ".join(formatted(name, row[name]) for name in FIELDS) + " |")
     lines += ["", "Student / vanilla teacher:", ""]
@@ -98,6 +121,16 @@ def markdown(rows: Dict[str, Dict], ratio: Dict[str, float], views: List[str]) -
         "![PSNR vs Gaussians](report/psnr_vs_gaussians.png)",
         "",
     ]
+    lines += ["## Look around", ""]
+    if no_pages is None:
+        lines += [
+            "Single-file interactive pages (PlayCanvas's SuperSplat viewer; drag to orbit, no network needed), each "
+            "opening at the first held-out view below: [the student](report/viewer/student.html), "
+            "[the vanilla teacher](report/viewer/teacher.html).",
+            "",
+        ]
+    else:
+        lines += [f"No interactive pages: {no_pages}; then run `distilled-splat report` on this folder.", ""]
     lines += ["## Held-out views: ground truth | vanilla teacher | student", ""]
     lines += [f"![view {i}]({view})" for i, view in enumerate(views)]
     return "\n".join(lines) + "\n"
@@ -117,21 +150,27 @@ def plot(rows: Dict[str, Dict], path: Path) -> None:
     # A legend instead of labels beside the points (the teachers' points overlap), and plain numbers on the log
     # axis instead of matplotlib's crowded "2x10^3" minor labels.
     axes.legend(loc="lower right", fontsize="small")
-    save_psnr_plot(figure, axes, path)
+    log_psnr_axes(axes)
+    save_figure(figure, path)
 
 
-def save_psnr_plot(figure, axes, path: Path) -> None:
-    """Held-out PSNR against the Gaussian count on a log axis with plain tick labels, written atomically."""
-    import matplotlib.pyplot as plt
+def log_psnr_axes(axes, xlabel: str = "Gaussians") -> None:
+    """Held-out PSNR against a count on a log axis with plain tick labels (not matplotlib's crowded 2x10^3)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     axes.set_xscale("log")
     axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     axes.xaxis.set_minor_formatter(NullFormatter())
-    axes.set_xlabel("Gaussians")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("held-out PSNR (dB)")
     axes.grid(alpha=0.3)
+
+
+def save_figure(figure, path: Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and free it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
     plt.close(figure)
@@ -172,6 +211,11 @@ def side_by_side(panels: List[np.ndarray], captions: List[str]) -> Image.Image:
     return sheet
 
 
+def report_title(recipe: Recipe) -> str:
+    method = recipe.method_config(STUDENT).method_name
+    return f"distilled-splat report: {method} on {recipe.data.name} ({recipe.settings.student_steps:,} steps)"
+
+
 def write_report(recipe: Recipe, console: Optional[Console] = None) -> Dict:
     rows = model_rows(recipe)
     ratio = ratios(rows)
@@ -191,9 +235,14 @@ def write_report(recipe: Recipe, console: Optional[Console] = None) -> Dict:
         sheet = side_by_side([teacher["truth"], teacher["render"], student["render"]], captions)
         write_atomically(recipe.output / name, lambda path, sheet=sheet: sheet.save(path, format="PNG"))
         view_files.append(name)
-    report = {"models": rows, "student_vs_vanilla": ratio, "views": view_files}
+    no_pages = write_viewer_pages(recipe)
+    pages = {} if no_pages else {name: page for name, page in VIEWER_PAGES.items()}
+    report = {"models": rows, "student_vs_vanilla": ratio, "views": view_files, "viewer_pages": pages}
     write_atomically(recipe.output / "report.json", lambda path: path.write_text(json.dumps(report, indent=1)))
-    write_atomically(recipe.output / "report.md", lambda path: path.write_text(markdown(rows, ratio, view_files)))
+    write_atomically(
+        recipe.output / "report.md",
+        lambda path: path.write_text(markdown(report_title(recipe), rows, ratio, view_files, no_pages)),
+    )
     if console is None:
         console = Console()
         console.width = max(console.width, 132)  # room for every column: a truncated number is worse than a wrap
@@ -202,6 +251,10 @@ def write_report(recipe: Recipe, console: Optional[Console] = None) -> Dict:
         f"student: {ratio['num_gaussians']:.1%} of the vanilla teacher's Gaussians, "
         f"{ratio['psnr_gain_db']:+.2f} dB PSNR; report: {recipe.output / 'report.md'}"
     )
+    if no_pages is None:
+        console.print(f"look around the student: {recipe.output / VIEWER_PAGES[STUDENT]}")
+    else:
+        console.print(f"no interactive pages: {no_pages}")
     if any(
         row["lpips"] is None or (isinstance(row["lpips"], float) and math.isnan(row["lpips"])) for row in rows.values()
     ):

@@ -8,15 +8,19 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 import torch
+import yaml
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import TrainerConfig
 
 from distilled_splat.data.datamanager import require_device
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.teachers import checkpoint_steps, read_config
+
+if TYPE_CHECKING:
+    from distilled_splat.web_viewer import OpeningView
 
 
 def resolve_device(device: str) -> str:
@@ -31,7 +35,7 @@ def run_dir(config: TrainerConfig) -> Path:
     return config.get_base_dir()
 
 
-def final_checkpoint(config: TrainerConfig) -> Path:
+def last_step_checkpoint(config: TrainerConfig) -> Path:
     """The checkpoint nerfstudio writes after the last training step."""
     return config.get_checkpoint_dir() / f"step-{config.max_num_iterations - 1:09d}.ckpt"
 
@@ -46,7 +50,7 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 
 def is_trained(config: TrainerConfig) -> bool:
-    return (run_dir(config) / "config.yml").is_file() and is_complete_checkpoint(final_checkpoint(config))
+    return (run_dir(config) / "config.yml").is_file() and is_complete_checkpoint(last_step_checkpoint(config))
 
 
 def latest_resumable_step(config: TrainerConfig) -> Optional[int]:
@@ -62,6 +66,36 @@ def latest_resumable_step(config: TrainerConfig) -> Optional[int]:
     return None
 
 
+def training_settings(config: TrainerConfig) -> Dict[str, str]:
+    """What decides how a run trains, part by part: the model's settings, the optimisers, the length, the seed and
+    what the datamanager serves besides the photos (teachers' renders, pseudo views)."""
+    datamanager = config.pipeline.datamanager
+    served = {name: getattr(datamanager, name, None) for name in SERVED_SETTINGS}
+    served["teachers"] = ["/".join(Path(teacher).parts[-3:-1]) for teacher in getattr(datamanager, "teachers", ())]
+    return {
+        "model": yaml.dump(config.pipeline.model), "optimiser": yaml.dump(config.optimizers),
+        "length": str(config.max_num_iterations), "seed": str(config.machine.seed), "datamanager": yaml.dump(served),
+    }  # fmt: skip
+
+
+SERVED_SETTINGS = ("aggregation", "pseudo_views", "pseudo_families", "pseudo_jitter", "pseudo_share")
+
+
+def refuse_other_settings(config: TrainerConfig) -> None:
+    """A run folder that already holds a run made with other settings is never taken (finished) or continued
+    (interrupted) as this one: that would report a model these settings did not make."""
+    saved_path = run_dir(config) / "config.yml"
+    if not saved_path.is_file():
+        return
+    saved, wanted = training_settings(read_config(saved_path)), training_settings(config)
+    differing = [part for part, text in wanted.items() if saved[part] != text]
+    if differing:
+        raise DistilledSplatError(
+            f"{run_dir(config)} holds a run made with another {' and '.join(differing)} setting than this one (an "
+            "earlier version's defaults, or other options): use another --output, or delete that folder"
+        )
+
+
 def train(config: TrainerConfig, on_step: Optional[Callable[[int], None]] = None) -> Path:
     """Train ``config`` (timestamp must be fixed) and return its ``config.yml``.
 
@@ -71,6 +105,7 @@ def train(config: TrainerConfig, on_step: Optional[Callable[[int], None]] = None
     from nerfstudio.scripts.train import _set_random_seed
 
     config_path = run_dir(config) / "config.yml"
+    refuse_other_settings(config)
     if is_trained(config):
         return config_path
     resume_step = latest_resumable_step(config)
@@ -100,7 +135,7 @@ def train(config: TrainerConfig, on_step: Optional[Callable[[int], None]] = None
 
 def gaussian_count(config: TrainerConfig) -> int:
     """Number of Gaussians in the run's final checkpoint."""
-    state = torch.load(final_checkpoint(config), map_location="cpu")["pipeline"]
+    state = torch.load(last_step_checkpoint(config), map_location="cpu")["pipeline"]
     return int(state["_model.gauss_params.means"].shape[0])
 
 
@@ -153,21 +188,39 @@ def export_compact(
     ply: Optional[Path] = None,
     sh_degree: Optional[int] = None,
     min_opacity: Optional[float] = None,
+    opening_view: Optional["OpeningView"] = None,
 ) -> str:
-    """Write a run (``load_config``) or a 3DGS PLY as ``fmt`` (ply, splat, spz) at ``target``; one-line summary."""
-    from distilled_splat.exporters import ENCODERS, cull, read_3dgs_ply
+    """Write a run (``load_config``) or a 3DGS PLY as ``fmt`` (ply, splat, spz, sog, html) at ``target``; returns
+    a one-line summary. An html page opens at ``opening_view`` (a camera and background), or, for a run without
+    one given, at the run's first held-out camera; sog and html go through splat-transform."""
+    from distilled_splat import web_viewer
+    from distilled_splat.exporters import ENCODERS, VIA_SPLAT_TRANSFORM, cull, encode_ply, read_3dgs_ply
 
     if load_config is not None:
         with tempfile.TemporaryDirectory() as folder:
             splats = read_3dgs_ply(export_ply(load_config, Path(folder) / "model.ply"))
+        if fmt == "html" and opening_view is None:
+            opening_view = web_viewer.held_out_view(load_config)
     else:
         splats = read_3dgs_ply(ply)
     total = len(splats)
     if sh_degree is not None:
         splats = splats.with_sh_degree(sh_degree)
     splats = cull(splats, min_opacity)
-    data = ENCODERS[fmt](splats)
-    write_atomically(target, lambda path: path.write_bytes(data))
+    if fmt in VIA_SPLAT_TRANSFORM:
+        with tempfile.TemporaryDirectory() as folder:
+            source = Path(folder) / "model.ply"
+            source.write_bytes(encode_ply(splats))
+            if fmt == "sog":
+                web_viewer.write_sog(source, target)
+            else:
+                camera, background = opening_view if opening_view is not None else (None, (0.0, 0.0, 0.0))
+                web_viewer.write_html(source, target, camera, background)
+        size = target.stat().st_size
+    else:
+        data = ENCODERS[fmt](splats)
+        write_atomically(target, lambda path: path.write_bytes(data))
+        size = len(data)
     removed = f"; removed {total - len(splats):,} less opaque than {min_opacity:g}" if min_opacity is not None else ""
-    per = len(data) / max(len(splats), 1)
-    return f"wrote {target}: {len(splats):,} Gaussians, {len(data):,} bytes ({per:.1f} per Gaussian){removed}"
+    per = size / max(len(splats), 1)
+    return f"wrote {target}: {len(splats):,} Gaussians, {size:,} bytes ({per:.1f} per Gaussian){removed}"

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -13,6 +14,16 @@ from distilled_splat.data.synthetic import PRESETS, write_scene
 
 BIN = Path(sys.executable).parent
 TEACHER_STEPS = 60
+
+
+def required_tool(path: Optional[Path], missing: str) -> Path:
+    """``path``, or a skip with the reason ``missing`` where it does not exist; under CI (``CI=true``, set by
+    .ci/run after scripts/setup.sh installed every tool) a missing tool fails the test instead."""
+    if path is not None and Path(path).is_file():
+        return Path(path)
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{missing}, but CI=true: scripts/setup.sh should have installed it")
+    pytest.skip(missing)
 
 
 def run_command(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -33,10 +33,34 @@ def build_pipeline(
         setattr(config.pipeline.datamanager, name, value)
     for name, value in model_settings.items():
         setattr(config.pipeline.model, name, value)
-    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
-    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
+    pipeline, optimizers = setup_pipeline(config)
     pipeline.model.step_cb(optimizers, 0)
     return config, pipeline, optimizers
+
+
+def setup_pipeline(config: TrainerConfig):
+    """A CPU training pipeline and its optimisers for ``config`` as it is (schedules already fitted)."""
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    return pipeline, Optimizers(config.optimizers, pipeline.get_param_groups())
+
+
+def spy_on_growth(strategy) -> list:
+    """Record, at each refinement under a ceiling, how many Gaussians wanted to grow (view-space gradient above
+    the threshold) beyond the room the ceiling leaves; the real growth step then runs as usual."""
+    from distilled_splat.strategy.capped import CAP_KEY
+
+    refused = []
+    real = strategy._grow_gs
+
+    def grow(params, optimizers, state, step):
+        if CAP_KEY in state:
+            grads = state["grad2d"] / state["count"].clamp_min(1)
+            room = strategy.ceiling(state) - len(params["means"])
+            refused.append(max(0, int((grads > strategy.grow_grad2d).sum()) - room))
+        return real(params, optimizers, state, step)
+
+    strategy._grow_gs = grow
+    return refused
 
 
 def train_steps(pipeline, optimizers: Optimizers, steps: range) -> None:
@@ -71,17 +95,49 @@ def untrained_psnr(config_path: Path, count: Optional[int] = None) -> float:
     return float(pipeline.get_average_eval_image_metrics()["psnr"])
 
 
-def train_run(
-    method_config: TrainerConfig, scene: Path, output: Path, steps: int, timestamp: str = "run", **model_settings
-) -> Path:
-    """A full nerfstudio training run in this process (checkpoints, config.yml); returns the config.yml."""
+def pruned_teacher_psnr(teacher_config: Path, count: int) -> float:
+    """Held-out PSNR of the trained teacher cut to its ``count`` most important Gaussians (total blending weight
+    over the training views) and not trained further: what a student started from that teacher must beat."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from distilled_splat.importance import scene_importance
+
+    _, pipeline, _, _ = eval_setup(teacher_config, test_mode="test")
+    model = pipeline.model
+    importance = scene_importance(model.splat_inputs(None), pipeline.datamanager.train_dataset.cameras)
+    keep = torch.topk(importance, count).indices
+    for name, param in model.gauss_params.items():
+        model.gauss_params[name] = torch.nn.Parameter(param.detach()[keep])
+    pipeline.eval()
+    return float(pipeline.get_average_eval_image_metrics()["psnr"])
+
+
+def training_config(
+    method_config: TrainerConfig,
+    scene: Path,
+    output: Path,
+    steps: int,
+    timestamp: str = "run",
+    datamanager: Optional[Dict] = None,
+    **model_settings,
+) -> TrainerConfig:
+    """``method_config`` set up for a CPU run of ``steps`` steps on ``scene`` under ``output``."""
     config = scale_to_run_length(method_config, steps)
     config.pipeline.datamanager.data = scene
     config.pipeline.datamanager.dataparser = dataparser_for(find_scene(scene))
+    for name, value in (datamanager or {}).items():
+        setattr(config.pipeline.datamanager, name, value)
     config.output_dir = output
     config.timestamp = timestamp
     config.vis = "tensorboard"
     config.machine.device_type = "cpu"
     for name, value in model_settings.items():
         setattr(config.pipeline.model, name, value)
-    return train(config)
+    return config
+
+
+def train_run(
+    method_config: TrainerConfig, scene: Path, output: Path, steps: int, timestamp: str = "run", **model_settings
+) -> Path:
+    """A full nerfstudio training run in this process (checkpoints, config.yml); returns the config.yml."""
+    return train(training_config(method_config, scene, output, steps, timestamp, **model_settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from nerfstudio.data.utils import colmap_parsing_utils as colmap
 from PIL import Image
 
 from distilled_splat.cli import Run
+from distilled_splat.data.scene_checks import check_frames
+from distilled_splat.data.scene_inputs import find_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.method_configs import distilled_splatfacto, distilled_teacher
 from distilled_splat.recipe import RecipeSettings
@@ -118,21 +121,55 @@ def unsupported_camera(kind, folder, index):
         change_colmap(folder, lambda c, i: c.__setitem__(1, c[1]._replace(model="FOV", params=c[1].params[:5])))
 
 
-# name: (damage, words the one-line error must contain, or None where the damage is harmless)
+def frame(kind: str, index: int) -> str:
+    """How the one-line error names frame ``index`` of a scene of ``kind`` (a regular expression)."""
+    return (
+        rf"frame {index} of \S+transforms\.json"
+        if kind == "transforms"
+        else rf"image frame_{index:05d}\.png \(id {index + 1}\) of \S+"
+    )
+
+
+def image(index: int) -> str:
+    return rf"images/frame_{index:05d}\.png"
+
+
+# name: (damage, the one-line error as a regular expression of (scene kind, damaged frame), or None where the
+# damage is harmless). Each names the damage and where it is, so that no damage's message passes for another's.
 DAMAGES = {
-    "text instead of an image": (text_image, "is unreadable"),
-    "truncated image": (truncated_image, "is unreadable"),
+    "text instead of an image": (text_image, lambda k, i: rf"{image(i)} is unreadable \(cannot identify image file"),
+    "truncated image": (truncated_image, lambda k, i: rf"{image(i)} is unreadable \(image file is truncated\)"),
     "greyscale image": (convert("L"), None),  # nerfstudio repeats the grey channel: harmless
-    "palette image": (convert("P"), "has mode P"),
-    "16-bit image": (convert("I;16"), "has mode I;16"),
-    "CMYK image": (convert("CMYK", "TIFF"), "has mode CMYK"),
-    "NaN in a pose": (nan_pose, "non-finite"),
-    "singular pose": (singular_pose, "pose"),
-    "zero focal length": (zero_focal, "'fl_x' must be positive"),
-    "duplicate frame": (duplicate_frame, "repeats the image"),
-    "image missing on disk": (missing_image, "image missing"),
-    "camera model nerfstudio cannot undistort": (unsupported_camera, "undistort"),
+    "palette image": (convert("P"), lambda k, i: rf"{image(i)} has mode P, "),
+    "16-bit image": (convert("I;16"), lambda k, i: rf"{image(i)} has mode I;16, "),
+    "CMYK image": (convert("CMYK", "TIFF"), lambda k, i: rf"{image(i)} has mode CMYK, "),
+    "NaN in a pose": (nan_pose, lambda k, i: rf"{frame(k, i)}: the pose has non-finite values"),
+    "singular pose": (singular_pose, lambda k, i: rf"{frame(k, i)}: the pose's rotation is singular"),
+    "zero focal length": (zero_focal, lambda k, i: rf"{frame(k, 0)}: 'fl_x' must be positive, got 0"),
+    "duplicate frame": (duplicate_frame, lambda k, i: rf"repeats the image of {frame(k, i)}"),
+    "image missing on disk": (missing_image, lambda k, i: rf"image missing: \S+{image(i)}"),
+    "camera model nerfstudio cannot undistort": (
+        unsupported_camera,
+        lambda k, i: (
+            "camera model EQUIRECTANGULAR is not one nerfstudio can undistort"
+            if k == "transforms"
+            else "COLMAP camera 1 in \\S+ uses the FOV model, which nerfstudio cannot undistort"
+        ),
+    ),
 }
+
+
+@pytest.mark.parametrize("kind", ["transforms", "colmap"])
+@pytest.mark.parametrize("name", [name for name, (_, message) in DAMAGES.items() if message is not None])
+def test_each_damage_has_its_own_message(scene_kinds, tmp_path, kind, name):
+    """Alone, each damage fails with its own message: none matches another damage's."""
+    folder = shutil.copytree(scene_kinds[kind], tmp_path / "scene")
+    DAMAGES[name][0](kind, folder, 3)
+    with pytest.raises(DistilledSplatError) as raised:
+        check_frames(find_scene(folder), None)
+    message = str(raised.value)
+    matches = [other for other, (_, pattern) in DAMAGES.items() if pattern and re.search(pattern(kind, 3), message)]
+    assert matches == [name], (message, matches)
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +189,14 @@ def test_damaged_scene_trains_or_fails_in_one_line(scene_kinds, tmp_path_factory
     folder = shutil.copytree(scene_kinds[kind], temporary / "scene")
     for name in damages:
         DAMAGES[name][0](kind, folder, index)
-    expected = [DAMAGES[name][1] for name in damages if DAMAGES[name][1] is not None]
+    expected = [DAMAGES[name][1](kind, index) for name in damages if DAMAGES[name][1] is not None]
     output = temporary / "out"
     if expected:
         with pytest.raises(DistilledSplatError) as raised:
             Run(folder, output, RecipeSettings(steps=2, device="cpu")).main()
         message = str(raised.value)
-        assert "\n" not in message and any(words in message for words in expected), (damages, message)
+        # The first damage found is reported: its own message, naming the frame, not just any failure.
+        assert "\n" not in message and any(re.search(pattern, message) for pattern in expected), (damages, message)
         assert not output.exists()
     else:  # harmless (or no damage): the scene trains
         config = train_run(distilled_teacher.config, folder, temporary / "runs", 2)

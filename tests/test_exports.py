@@ -9,21 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from distilled_splat import splat_transform as splat_transform_tool
 from distilled_splat.exporters import ENCODERS, SplatArrays, read_3dgs_ply, sigmoid, unit_quaternions
-from distilled_splat.models.portable_splatfacto import gsplat_viewmats
-from distilled_splat.rendering import rasterize
+from distilled_splat.rendering import gsplat_viewmats, rasterize
 from distilled_splat.training import export_compact
-from tests.conftest import run_command
-
-ROOT = Path(__file__).resolve().parent.parent
-SPLAT_TRANSFORM = ROOT / ".venv" / "node" / "node_modules" / ".bin" / "splat-transform"
+from tests.conftest import required_tool, run_command
 
 
 @pytest.fixture(scope="session")
 def splat_transform() -> Path:
-    if not SPLAT_TRANSFORM.is_file():
-        pytest.skip("splat-transform is not installed: scripts/setup.sh installs it with npm where npm exists")
-    return SPLAT_TRANSFORM
+    return required_tool(splat_transform_tool.find(), splat_transform_tool.HOW_TO_GET)
 
 
 def read_back(reader: Path, path: Path) -> SplatArrays:
@@ -46,6 +41,12 @@ def random_splats(count: int = 400, degree: int = 3, seed: int = 0) -> SplatArra
     )
 
 
+def canonical(quats: np.ndarray) -> np.ndarray:
+    """Unit quaternions (w x y z) with w >= 0: q and -q are the same rotation."""
+    unit = unit_quaternions(quats)
+    return unit * np.where(unit[:, :1] < 0, -1.0, 1.0)
+
+
 def rotation_agreement(a: SplatArrays, b: SplatArrays) -> np.ndarray:
     return np.abs((unit_quaternions(a.quats) * unit_quaternions(b.quats)).sum(1))
 
@@ -59,13 +60,19 @@ def test_every_format_round_trips_through_splat_transform_within_its_quantisatio
         assert len(back) == len(original), fmt
         position, log_scale, alpha, dc, rest, rotation = {
             "ply": (1e-6, 1e-6, 1e-6, 1e-6, 1e-6, 1 - 1e-6),
-            "spz": (0.5 / 4096 + 1e-6, 0.5 / 16 + 1e-5, 0.5 / 255 + 1e-6, 0.5 / (0.15 * 255) + 1e-5, 0.07, 0.99),
-            "splat": (1e-6, 1e-5, 0.5 / 255 + 1e-6, None, None, 0.99),
+            "spz": (0.5 / 4096 + 1e-6, 0.5 / 16 + 1e-5, 0.5 / 255 + 1e-6, 0.5 / (0.15 * 255) + 1e-5, 0.07, None),
+            # a byte per component, error <= 1/256 each: |dot| >= 0.9995 is within 3.6 degrees
+            "splat": (1e-6, 1e-5, 0.5 / 255 + 1e-6, None, None, 0.9995),
         }[fmt]
         assert np.abs(back.means - original.means).max() <= position, fmt
         assert np.abs(back.log_scales - original.log_scales).max() <= log_scale, fmt
         assert np.abs(sigmoid(back.opacity) - sigmoid(original.opacity)).max() <= alpha, fmt
-        assert rotation_agreement(back, original).min() >= rotation, fmt
+        if rotation is not None:
+            assert rotation_agreement(back, original).min() >= rotation, fmt
+        else:
+            # SPZ 2 stores x, y, z of the unit quaternion with w >= 0 as round((v + 1) * 127.5) and rebuilds w: the
+            # stored components are within half a step; w, rebuilt, can be further off where it is near 0.
+            assert np.abs(canonical(back.quats)[:, 1:] - canonical(original.quats)[:, 1:]).max() <= 0.5 / 127.5 + 1e-6
         if dc is not None:
             assert np.abs(back.f_dc - original.f_dc).max() <= dc, fmt
             # Signs matter: SPZ flips the axes, and the SH odd in y or z change sign with them.
@@ -99,23 +106,24 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_trained_student_exports_render_like_the_model(splat_transform, trained_student, tmp_path):
-    """Each format, read back by splat-transform and rendered at a training camera, against the PLY's render."""
+    """Each format, read back by splat-transform (not our reader) and rendered at a training camera, against the
+    trained model's own render of that camera: what a viewer of the file sees against what the model shows."""
     from nerfstudio.utils.eval_utils import eval_setup
+
+    from distilled_splat.data.teacher_cache import render_premultiplied
 
     _, pipeline, _, _ = eval_setup(trained_student, test_mode="inference")
     camera = pipeline.datamanager.train_dataset.cameras[0:1]
-    original = None
+    model_render = torch.from_numpy(render_premultiplied(pipeline, camera)[..., :3].astype(np.float32))
     scores = {}
     for fmt in ENCODERS:
         path = tmp_path / f"student.{fmt}"
         summary = export_compact(path, fmt, load_config=trained_student)
         assert f"{path.stat().st_size:,} bytes" in summary
-        back = read_back(splat_transform, path)
-        if fmt == "ply":
-            original = render(read_3dgs_ply(path), camera)
-        scores[fmt] = psnr(render(back, camera), original)
+        scores[fmt] = psnr(render(read_back(splat_transform, path), camera), model_render)
     print("read-back PSNR against the model's own render:", scores)
-    assert scores["ply"] > 60 and scores["spz"] > 35 and scores["splat"] > 20, scores
+    # PLY: float32 throughout; SPZ: 8-12 bit quantisation; .splat: no view-dependent colour.
+    assert scores["ply"] > 45 and scores["spz"] > 35 and scores["splat"] > 20, scores
     sizes = {fmt: (tmp_path / f"student.{fmt}").stat().st_size for fmt in ENCODERS}
     assert sizes["spz"] < sizes["splat"] < sizes["ply"], sizes
 

@@ -1,55 +1,128 @@
-"""The frontier's baselines and bookkeeping: pruned-and-finetuned starts from exactly the pruned teacher, the
-frontier resumes after a kill and reuses what was finished, and its tables give mean and spread over seeds."""
+"""The frontier: every contender builds the config it declares, the post-hoc contenders start from exactly what
+they claim (the pruned teacher, PUP's two rounds, the decimated teacher), results made under other settings
+never mix, a killed frontier resumes, and the tables give mean and spread over seeds."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes
+from plyfile import PlyData
+from rich.progress import Progress
 
-from distilled_splat.frontier import summarise
-from distilled_splat.importance import view_importance
-from distilled_splat.method_configs import distilled_splatfacto_paper, from_teacher
-from distilled_splat.models.portable_splatfacto import gsplat_viewmats
-from distilled_splat.teachers import final_checkpoint, load_gaussians
-from tests.conftest import BIN
-from tests.helpers import build_pipeline, train_steps
+from distilled_splat import splat_transform
+from distilled_splat.contenders import CONTENDERS, DEFAULT_METHODS, markdown_table
+from distilled_splat.frontier import Frontier, FrontierSettings, ModelSpec
+from distilled_splat.frontier_report import summarise
+from distilled_splat.importance import scene_importance
+from distilled_splat.recipe import Recipe, RecipeSettings
+from distilled_splat.teachers import load_gaussians
+from distilled_splat.training import export_ply, gaussian_count, last_step_checkpoint
+from tests.conftest import BIN, required_tool
+from tests.helpers import setup_pipeline, spy_on_growth, train_steps
+
+STEPS = 40
 
 
-def finetuned_student(tiny_scene, teacher_runs, tmp_path, budget, **model):
-    """The student set up as pruned-finetuned (no distillation or structure), ready for its first step."""
-    config = from_teacher(copy.deepcopy(distilled_splatfacto_paper.config), budget_cuts=1)
-    _, pipeline, optimizers = build_pipeline(
-        config, tiny_scene, steps=60, datamanager={"teachers": teacher_runs, "teacher_cache_dir": tmp_path / "cache"},
-        target_gaussians=budget, distill_weight=0.0, structure_weight=0.0, **model,
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def frontier(tiny_scene, tmp_path_factory) -> Frontier:
+    """A frontier on the tiny scene with its three teachers trained (40 steps each)."""
+    recipe = Recipe(tiny_scene, tmp_path_factory.mktemp("frontier"), RecipeSettings(steps=STEPS, device="cpu"))
+    made = Frontier(recipe, FrontierSettings(methods=tuple(CONTENDERS), budgets=(0.25,), seeds=1))
+    with Progress(disable=True) as progress:
+        made.train_teachers(progress)
+    return made
+
+
+def pipeline_of(frontier: Frontier, method: str, budget: float = 0.25, **model_settings):
+    """The contender's training pipeline as the frontier configures it, ready for its first step."""
+    config = frontier.model_config(ModelSpec(method, budget, 42))
+    for name, value in model_settings.items():
+        setattr(config.pipeline.model, name, value)
+    pipeline, optimizers = setup_pipeline(config)
     attributes = TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
     pipeline.get_training_callbacks(attributes)  # as the trainer does before its first step
-    return pipeline, optimizers
+    return config, pipeline, optimizers
 
 
-def teacher_importance(teacher, cameras):
-    splats = {
-        "means": teacher["means"], "quats": teacher["quats"], "scales": torch.exp(teacher["scales"]),
-        "opacities": torch.sigmoid(teacher["opacities"]).squeeze(-1), "colors": None,
-    }  # fmt: skip
-    return sum(
-        view_importance(
-            splats,
-            gsplat_viewmats(cameras.camera_to_worlds[i : i + 1])[0],
-            cameras[i : i + 1].get_intrinsics_matrices()[0],
-            int(cameras.width[i]),
-            int(cameras.height[i]),
-        )  # fmt: skip
-        for i in range(len(cameras))
-    )
+CUTS_8 = (0, 3, 6, 9, 11, 14, 17, 20)
+"""Eight cuts evenly over the first half of a 40-step run."""
+NO_PSEUDO, PSEUDO = (0, 0.0), (64, 0.2)
+# Each contender as the README declares it, at 40 teacher steps, 40 student steps, compute matched. Columns: what
+# it starts from, the teachers it builds on, own and total steps, the nerfstudio method, then the model and
+# datamanager settings that make it: (init, cut steps, cut method, importance, first cut keep, distill weight,
+# structure weight, (pseudo views, share), cap, SH degree, densification stop, starts from the decimated checkpoint).
+EXPECTED = {
+    "student": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
+                ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0, False)),
+    "student-paper": ("points", ("vanilla", "noise", "dropout"), 40, 160, "distilled-splatfacto-paper",
+                      ("points", (0,), "drop", "blend-weight", None, 0.4, 1.0, NO_PSEUDO, None, 3, 20, False)),
+    "pup-pruned": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
+                   ("teacher", (0, 20), "drop", "pup-fisher", 0.2, 0.0, 0.0, NO_PSEUDO, None, 3, 0, False)),
+    "pruned-finetuned": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
+                         ("teacher", (0,), "drop", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0, False)),
+    "capped-mcmc": ("points", (), 80, 80, "distilled-mcmc", (None, None, None, None, None, None, None, None, "budget", 3, 40, False)),
+    "decimated": ("teacher-ply", ("vanilla",), 0, 40, "distilled-teacher",
+                  (None, None, None, None, None, None, None, None, None, 3, 20, False)),
+    "decimated-finetuned": ("teacher-ply", ("vanilla",), 40, 80, "distilled-splatfacto",
+                            ("teacher", (0,), "drop", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0, True)),
+    "student-no-distill": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
+                           ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0, False)),
+    "student-one-cut": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
+                        ("teacher", (0,), "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0, False)),
+    "student-no-structure": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
+                             ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 0.0, PSEUDO, None, 3, 0, False)),
+    "student-no-pseudo": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
+                          ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, NO_PSEUDO, None, 3, 0, False)),
+    "paper-no-distill": ("points", ("vanilla", "noise", "dropout"), 40, 160, "distilled-splatfacto-paper",
+                         ("points", (0,), "drop", "blend-weight", None, 0.0, 1.0, NO_PSEUDO, None, 3, 20, False)),
+    "paper-no-structure": ("points", ("vanilla", "noise", "dropout"), 40, 160, "distilled-splatfacto-paper",
+                           ("points", (0,), "drop", "blend-weight", None, 0.4, 0.0, NO_PSEUDO, None, 3, 20, False)),
+    "paper-vanilla-teacher": ("points", ("vanilla",), 40, 80, "distilled-splatfacto-paper",
+                              ("points", (0,), "drop", "blend-weight", None, 0.4, 1.0, NO_PSEUDO, None, 3, 20, False)),
+}  # fmt: skip
+
+
+def built_settings(config, frontier: Frontier) -> tuple:
+    model, datamanager = config.pipeline.model, config.pipeline.datamanager
+
+    def get(name):
+        return getattr(model, name, None)
+
+    pseudo = (datamanager.pseudo_views, datamanager.pseudo_share) if hasattr(datamanager, "pseudo_views") else None
+    cuts = model.cut_steps() if hasattr(model, "cut_steps") else None
+    decimated = str(frontier.decimated_checkpoint(0.25))
+    return (
+        get("init"), cuts, get("cut_method"), get("importance"), get("first_cut_keep"), get("distill_weight"),
+        get("structure_weight"), pseudo, get("cap_max"), model.sh_degree, model.stop_split_at,
+        get("start_checkpoint") == decimated,
+    )  # fmt: skip
+
+
+def test_every_contender_builds_the_config_it_declares(frontier):
+    assert set(EXPECTED) == set(CONTENDERS), "every contender has its row here"
+    for name, (start, teachers, own, total, method, settings) in EXPECTED.items():
+        contender = CONTENDERS[name]
+        config = frontier.model_config(ModelSpec(name, 0.25, 42))
+        assert (contender.start, contender.teachers_used(frontier.recipe)) == (start, teachers), name
+        assert frontier.own_and_total_steps(name) == (own, total), name
+        assert config.method_name == method and config.max_num_iterations == (own or STEPS), name
+        cap = frontier.budget_count(0.25)
+        assert built_settings(config, frontier) == tuple(cap if v == "budget" else v for v in settings), name
+        if contender.distils != "none" and name != "capped-mcmc":
+            served = [Path(path).parent.parent.name for path in config.pipeline.datamanager.teachers]
+            names = {"distilled-teacher": "vanilla", "distilled-teacher-noise": "noise"}
+            assert tuple(names.get(run, "dropout") for run in served) == teachers, name
+    own = Frontier(frontier.recipe, FrontierSettings(compute="own"))
+    assert own.own_and_total_steps("capped-mcmc") == (40, 40) and own.own_and_total_steps("student") == (40, 80)
+    assert set(DEFAULT_METHODS) >= {"student", "pup-pruned", "capped-mcmc", "decimated", "decimated-finetuned"}
 
 
 def assert_holds_the_most_important(model, source, importance, count, what):
@@ -58,36 +131,49 @@ def assert_holds_the_most_important(model, source, importance, count, what):
         assert torch.equal(param.detach(), source[name][kept]), f"{name} differ from {what}'s {count} most important"
 
 
-def test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher(tiny_scene, teacher_runs, tmp_path):
-    budget = 60
-    pipeline, optimizers = finetuned_student(tiny_scene, teacher_runs, tmp_path, budget)
-    pipeline.model.step_cb(optimizers, 0)
-    teacher = load_gaussians(final_checkpoint(teacher_runs[0]))
-    assert len(teacher["means"]) > budget
-    importance = teacher_importance(teacher, pipeline.datamanager.train_dataset.cameras)
+def teacher_importance(frontier: Frontier, cameras, mode="blend-weight"):
+    teacher = load_gaussians(last_step_checkpoint(frontier.vanilla_config()))
+    splats = {
+        "means": teacher["means"], "quats": teacher["quats"], "scales": torch.exp(teacher["scales"]),
+        "opacities": torch.sigmoid(teacher["opacities"]).squeeze(-1),
+        "colors": torch.cat([teacher["features_dc"][:, None], teacher["features_rest"]], 1),
+    }  # fmt: skip
+    return teacher, scene_importance(splats, cameras, mode, sh_degree=3)
+
+
+def test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher_and_never_grows(frontier):
+    budget = frontier.budget_count(0.25)
+    # Refinement switched on with a threshold every Gaussian passes: only the budget's ceiling can stop growth.
+    settings = dict(stop_split_at=STEPS, refine_every=4, densify_grad_thresh=1e-9, reset_alpha_every=1000)
+    config, pipeline, optimizers = pipeline_of(frontier, "pruned-finetuned", **settings)
     model = pipeline.model
+    refused = spy_on_growth(model.strategy)
+    model.step_cb(optimizers, 0)
+    teacher, importance = teacher_importance(frontier, pipeline.datamanager.train_dataset.cameras)
+    assert len(teacher["means"]) > budget
     assert_holds_the_most_important(model, teacher, importance, budget, "the teacher")
     for name, optimizer in optimizers.optimizers.items():
         if name in model.gauss_params:
             assert optimizer.param_groups[0]["params"][0] is model.gauss_params[name]
-    train_steps(pipeline, optimizers, range(0, 20))
-    assert model.num_points <= budget, "fine-tuning never grows"
+    counts = []
+    for step in range(1, 21):
+        train_steps(pipeline, optimizers, range(step, step + 1))
+        counts.append(model.num_points)
+    assert max(counts) <= budget and sum(refused) > 0, ("growth tried and refused at the budget", counts, refused)
 
 
-def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important(tiny_scene, teacher_runs, tmp_path):
-    budget = 60
-    pipeline, optimizers = finetuned_student(
-        tiny_scene, teacher_runs, tmp_path, budget, budget_cuts=3, cuts_stop=10
+def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important(frontier):
+    budget = frontier.budget_count(0.25)
+    _, pipeline, optimizers = pipeline_of(
+        frontier, "student-no-distill", budget_cuts=3, cuts_stop=10, cut_method="drop"
     )  # fmt: skip
     model = pipeline.model
     assert model.config.cut_steps() == (0, 5, 10)
-    teacher = load_gaussians(final_checkpoint(teacher_runs[0]))
+    teacher, importance = teacher_importance(frontier, pipeline.datamanager.train_dataset.cameras)
     total = len(teacher["means"])
-    ratio = (budget / total) ** (1 / 3)
     model.step_cb(optimizers, 0)
-    first = round(total * ratio)
+    first = round(total * (budget / total) ** (1 / 3))
     assert model.num_points == first and budget < first < total
-    importance = teacher_importance(teacher, pipeline.datamanager.train_dataset.cameras)
     assert_holds_the_most_important(model, teacher, importance, first, "the teacher")
     train_steps(pipeline, optimizers, range(1, 5))  # each step's callbacks run once, step 0's already ran
     assert model.num_points == first, "nothing is cut or grown between cuts"
@@ -102,20 +188,56 @@ def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_importan
     assert abs(second / first - first / total) < 0.05 and abs(budget / second - second / first) < 0.05
 
 
-def frontier_command(scene, output):
+def test_pup_rounds_keep_the_most_sensitive_fifth_then_cut_to_the_budget(frontier):
+    budget = frontier.budget_count(0.1)
+    _, pipeline, optimizers = pipeline_of(frontier, "pup-pruned", budget=0.1)
+    model = pipeline.model
+    cameras = pipeline.datamanager.train_dataset.cameras
+    teacher, sensitivity = teacher_importance(frontier, cameras, "pup-fisher")
+    model.step_cb(optimizers, 0)
+    fifth = round(0.2 * len(teacher["means"]))
+    assert model.num_points == fifth > budget
+    assert_holds_the_most_important(model, teacher, sensitivity, fifth, "the teacher's (PUP score)")
+    train_steps(pipeline, optimizers, range(1, 20))
+    assert model.num_points == fifth, "fine-tuned, not cut, until the second round"
+    before = {name: param.detach().clone() for name, param in model.gauss_params.items()}
+    sensitivity = model.importance()
+    model.step_cb(optimizers, 20)
+    assert model.num_points == budget
+    assert_holds_the_most_important(model, before, sensitivity, budget, "the fine-tuned model's (PUP score)")
+
+
+def test_decimated_teacher_holds_the_count_splat_transform_wrote(frontier, tmp_path):
+    required_tool(splat_transform.find(), splat_transform.HOW_TO_GET)
+    spec = ModelSpec("decimated", 0.25, 42)
+    config = frontier.model_config(spec)
+    frontier.produce(spec, config, None)
+    budget = frontier.budget_count(0.25)
+    assert gaussian_count(config) == budget
+    ply = export_ply(config.get_base_dir() / "config.yml", tmp_path / "decimated.ply")
+    assert len(PlyData.read(str(ply))["vertex"].data) == budget
+    # The fine-tuned contender starts from exactly these Gaussians.
+    _, pipeline, optimizers = pipeline_of(frontier, "decimated-finetuned")
+    pipeline.model.step_cb(optimizers, 0)
+    decimated = load_gaussians(last_step_checkpoint(config))
+    for name, param in pipeline.model.gauss_params.items():
+        assert torch.equal(param.detach(), decimated[name]), name
+
+
+def frontier_command(scene, output, *extra):
     return [
         str(BIN / "distilled-splat"), "frontier", "--data", str(scene), "--output", str(output), "--steps", "40",
-        "--device", "cpu", "--teachers", "vanilla", "--budgets", "0.25", "--seeds", "1",
-        "--methods", "pruned-finetuned", "capped-mcmc", "student", "student-paper", "--ablations",
+        "--device", "cpu", "--teachers", "vanilla", "--budgets", "0.25", "--seeds", "1", *extra,
     ]  # fmt: skip
 
 
 def test_frontier_resumes_after_a_kill_and_reuses_finished_models(tiny_scene, tmp_path):
     output = tmp_path / "frontier"
     models = output / "frontier" / "models"
+    methods = ("--methods", "pruned-finetuned", "capped-mcmc", "student", "student-paper")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(
-        frontier_command(tiny_scene, output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        frontier_command(tiny_scene, output, *methods), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
     deadline = time.monotonic() + 300
     while not list(models.glob("*.json")) and time.monotonic() < deadline and process.poll() is None:
@@ -126,7 +248,9 @@ def test_frontier_resumes_after_a_kill_and_reuses_finished_models(tiny_scene, tm
     assert len(finished) == 1, "killed after the first model"
     first = finished[0]
     first_text, first_time = first.read_text(), first.stat().st_mtime_ns
-    result = subprocess.run(frontier_command(tiny_scene, output), capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        frontier_command(tiny_scene, output, *methods), capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reusing the vanilla teacher" in result.stdout and "reusing 1 finished frontier models" in result.stdout
     assert first.read_text() == first_text and first.stat().st_mtime_ns == first_time
@@ -134,23 +258,100 @@ def test_frontier_resumes_after_a_kill_and_reuses_finished_models(tiny_scene, tm
     assert record["models_planned"] == record["models_finished"] == 4
     rows = {row["method"]: row for row in record["rows"]}
     budget = round(0.25 * record["vanilla_teacher"]["num_gaussians"])
-    assert rows["pruned-finetuned"]["num_gaussians"] == budget
-    assert rows["capped-mcmc"]["num_gaussians"] <= budget
-    assert rows["student"]["num_gaussians"] == budget and 0 < rows["student-paper"]["num_gaussians"] <= budget
-    assert (output / "frontier.png").stat().st_size > 0 and "| 0.25 | capped-mcmc | 1 |" in (
+    assert rows["pruned-finetuned"]["num_gaussians"] == rows["student"]["num_gaussians"] == budget
+    assert rows["capped-mcmc"]["num_gaussians"] <= budget and 0 < rows["student-paper"]["num_gaussians"] <= budget
+    assert all(row["spz_bytes"] > 0 and row["total_steps"] >= row["own_steps"] for row in rows.values())
+    assert (output / "frontier.png").stat().st_size > 0 and "| 0.25 | capped-mcmc | points | 1 |" in (
         output / "frontier.md"
     ).read_text()
 
 
+def test_other_settings_train_anew_and_never_show_in_the_new_table(tiny_scene, tmp_path):
+    output = tmp_path / "frontier"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    method = ("--methods", "pruned-finetuned")
+
+    def frontier(*extra):
+        result = subprocess.run(
+            frontier_command(tiny_scene, output, *method, *extra), capture_output=True, text=True, env=env,
+            timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads((output / "frontier.json").read_text())["rows"], (output / "frontier.md").read_text()
+
+    first, _ = frontier()
+    runs = output / "runs" / "frontier" / "distilled-splatfacto"
+    assert len(first) == 1 and len(list(runs.iterdir())) == 1
+    changed, table = frontier("--student-args=--pipeline.model.ssim-lambda 0.3")
+    assert len(changed) == 1 and changed[0]["fingerprint"] != first[0]["fingerprint"]
+    assert len(list(runs.iterdir())) == 2, "trained anew in a run folder of its own, not resumed from the old one"
+    assert table.split("## Best")[0].count("| 0.25 | pruned-finetuned |") == 1, "the new result alone"
+    longer, _ = frontier("--steps", "44")
+    assert len(longer) == 1 and longer[0]["own_steps"] == 44 and len(list(runs.iterdir())) == 3
+    _, with_others = frontier("--steps", "44", "--other-settings")
+    others = with_others.split("## Results made under other settings")[1]
+    assert others.count("| 0.25 | pruned-finetuned |") == 2, "both earlier results, in tables of their own"
+
+
 def test_summary_gives_mean_and_sample_spread_per_method_and_budget():
-    rows = [
-        {"method": "a", "budget": 0.1, "seed": s, "num_gaussians": 10, "psnr": p, "ssim": 0.5, "train_seconds": 1.0}
-        for s, p in enumerate((20.0, 21.0, 22.0))
-    ] + [
-        {"method": "b", "budget": 0.1, "seed": 0, "num_gaussians": 10, "psnr": 25.0, "ssim": 0.6, "train_seconds": 2.0}
-    ]
+    def row(method, seed, psnr, ssim, seconds):
+        return {
+            "method": method, "budget": 0.1, "seed": seed, "num_gaussians": 10, "psnr": psnr, "ssim": ssim,
+            "train_seconds": seconds, "train_seconds_total": seconds + 5, "spz_bytes": 100, "start": "teacher",
+            "own_steps": 10, "total_steps": 20,
+        }  # fmt: skip
+
+    rows = [row("a", s, p, 0.5, 1.0) for s, p in enumerate((20.0, 21.0, 22.0))] + [row("b", 0, 25.0, 0.6, 2.0)]
     summary = {row["method"]: row for row in summarise(rows)}
-    assert (
-        summary["a"]["psnr"] == 21.0 and summary["a"]["psnr_std"] == pytest.approx(1.0) and summary["a"]["seeds"] == 3
-    )
+    assert summary["a"]["psnr"] == 21.0 and summary["a"]["psnr_std"] == pytest.approx(1.0)
+    assert summary["a"]["seeds"] == 3 and summary["a"]["train_seconds_total"] == 6.0
     assert summary["b"]["psnr_std"] == 0.0 and summary["b"]["seeds"] == 1
+
+
+def test_readme_lists_exactly_the_declared_contenders():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme, "README's contender table is contenders.markdown_table()'s output"
+
+
+def test_seeds_go_where_they_matter(frontier):
+    settings = FrontierSettings(
+        methods=("student", "capped-mcmc", "decimated-finetuned"), budgets=(0.1,), seeds=3, teacher_started_seeds=1
+    )
+    specs = Frontier(frontier.recipe, settings).specs()
+    seeds = {method: sorted(spec.seed for spec in specs if spec.method == method) for method in CONTENDERS}
+    assert seeds["capped-mcmc"] == [42, 43, 44], "from the point cloud: every seed"
+    assert seeds["student"] == seeds["decimated-finetuned"] == [42], "started from the teacher: one seed"
+    assert seeds["decimated"] == [42] and specs[0].method == "decimated", "made first, for what starts from it"
+
+
+def test_merge_cuts_reach_the_budget_in_equal_ratios_through_splat_transform(frontier):
+    """With cut-method merge, each cut is the model merged by splat-transform down to that cut's count, and the
+    optimiser goes on with the merged Gaussians."""
+    from distilled_splat.decimation import decimate_gaussians
+
+    required_tool(splat_transform.find(), splat_transform.HOW_TO_GET)
+    budget = frontier.budget_count(0.25)
+    _, pipeline, optimizers = pipeline_of(
+        frontier, "student-no-distill", budget_cuts=2, cuts_stop=6, cut_method="merge"
+    )
+    model = pipeline.model
+    teacher = load_gaussians(last_step_checkpoint(frontier.vanilla_config()))
+    total = len(teacher["means"])
+    model.step_cb(optimizers, 0)
+    first = round(total * (budget / total) ** (1 / 2))
+    assert model.num_points == first and budget < first < total
+    merged = decimate_gaussians(teacher, first)
+    for name, param in model.gauss_params.items():
+        torch.testing.assert_close(param.detach(), merged[name], msg=f"{name}: not the teacher merged to {first}")
+    train_steps(pipeline, optimizers, range(1, 6))
+    before = {name: param.detach().clone() for name, param in model.gauss_params.items()}
+    model.step_cb(optimizers, 6)
+    assert model.num_points == budget
+    merged = decimate_gaussians(before, budget)
+    for name, param in model.gauss_params.items():
+        torch.testing.assert_close(param.detach(), merged[name], msg=f"{name}: not the fine-tuned model merged")
+    for name, optimizer in optimizers.optimizers.items():
+        if name in model.gauss_params:
+            assert optimizer.param_groups[0]["params"][0] is model.gauss_params[name]
+    train_steps(pipeline, optimizers, range(6, 10))
+    assert model.num_points == budget and torch.isfinite(model.means).all()

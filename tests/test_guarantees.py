@@ -12,10 +12,16 @@ from torch import nn
 
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.losses import StructureLoss, structure_loss
-from distilled_splat.method_configs import distilled_splatfacto_paper, distilled_teacher, distilled_teacher_noise
+from distilled_splat.method_configs import (
+    distilled_splatfacto,
+    distilled_splatfacto_paper,
+    distilled_teacher,
+    distilled_teacher_dropout,
+    distilled_teacher_noise,
+)
 from distilled_splat.ops.perturb import clone_candidates
 from distilled_splat.strategy.capped import CAP_KEY, CappedDefaultStrategy, set_ceiling
-from tests.helpers import build_pipeline, train_steps
+from tests.helpers import build_pipeline, spy_on_growth, train_steps
 
 
 def gaussians(count: int, generator: torch.Generator):
@@ -99,6 +105,7 @@ def test_budget_holds_at_every_step_after_the_prune_even_across_a_resume(tiny_sc
     settings = dict(target_gaussians=40, refine_every=5, stop_split_at=100, densify_grad_thresh=1e-6, seed=0)
     config, pipeline, optimizers = student_pipeline(tiny_scene, teacher_runs, tmp_path, **settings)
     prune_at = config.pipeline.model.prune_at
+    refused = spy_on_growth(pipeline.model.strategy)
     counts = []
     for step in range(prune_at + 10):
         train_steps(pipeline, optimizers, range(step, step + 1))
@@ -112,46 +119,67 @@ def test_budget_holds_at_every_step_after_the_prune_even_across_a_resume(tiny_sc
     resumed_optimizers.load_optimizers({k: v.state_dict() for k, v in optimizers.optimizers.items()})
     resumed.model.step_cb(resumed_optimizers, prune_at + 10)
     assert resumed.model.strategy_state[CAP_KEY] == 40
+    resumed_refused = spy_on_growth(resumed.model.strategy)
     resumed_counts = []
     for step in range(prune_at + 10, 100):
         train_steps(resumed, resumed_optimizers, range(step, step + 1))
         resumed_counts.append(resumed.model.num_points)
     print(
         f"budget 40: before the prune {counts[prune_at - 1]}, largest count after it {max(counts[prune_at:])}, "
-        f"after the resume {max(resumed_counts)} (steps {prune_at}-99)"
+        f"after the resume {max(resumed_counts)} (steps {prune_at}-99); growth candidates refused at the ceiling: "
+        f"{refused} before the resume, {resumed_refused} after"
     )
     assert max(resumed_counts) <= 40
-    assert max(resumed_counts) > min(counts[prune_at:]) or max(counts[prune_at:]) == 40, "growth must be tried"
+    # The ceiling, not a lack of candidates, is what held the count: growth was tried and refused, both times.
+    assert sum(refused) > 0 and sum(resumed_refused) > 0, "growth must be tried and refused at the ceiling"
+
+
+def turn_off_prune(model) -> None:
+    model.prune_at, model.target_fraction = None, None  # no prune: no budget either (the config requires both)
+
+
+def turn_off_sample(model) -> None:
+    model.sample_at = None
+
+
+def turn_off_structure(model) -> None:
+    model.structure_weight = 0.0
+
+
+def one_cut(model) -> None:
+    model.budget_cuts = 1
 
 
 @pytest.mark.parametrize(
-    "method, setting, step",
+    "method, setting, step, turn_off, how",
     [
-        (distilled_splatfacto_paper, "prune_at", 20_000),
-        (distilled_splatfacto_paper, "sample_at", 15_000),
-        (distilled_splatfacto_paper, "structure_start", 21_000),
-        (distilled_teacher_noise, "perturb_start", 500),
+        (distilled_splatfacto_paper, "prune_at", 20_000, turn_off_prune, "prune-at None turns it off"),
+        (distilled_splatfacto_paper, "sample_at", 15_000, turn_off_sample, "sample-at None turns it off"),
+        (distilled_splatfacto_paper, "structure_start", 21_000, turn_off_structure, "structure-weight 0 turns it off"),
+        (distilled_splatfacto, "cuts_stop", 15_000, one_cut, "budget-cuts 1 cuts once"),
+        (distilled_teacher_noise, "perturb_start", 500, None, "train distilled-teacher instead"),
+        (distilled_teacher_dropout, "dropout_start", 500, None, "train distilled-teacher instead"),
     ],
 )
-def test_events_after_the_last_step_are_refused_unless_turned_off(tiny_scene, tmp_path, method, setting, step):
+def test_events_after_the_last_step_are_refused_unless_turned_off(method, setting, step, turn_off, how):
+    """Each event the model exists for: inside the run it is accepted; after the run's last step it is refused
+    in one line that names it and the way out; turned off that way (where it can be), the same run is accepted."""
     config = copy.deepcopy(method.config)
     config.scale_schedules = False
-    config.max_num_iterations = 400 if setting == "perturb_start" else 14_000
+    config.max_num_iterations = 400
     model = config.pipeline.model
-    for name in ("sample_at", "prune_at", "structure_start", "perturb_start"):  # every event inside the run
-        if hasattr(model, name):
+    for name in ("sample_at", "prune_at", "structure_start", "perturb_start", "dropout_start", "cuts_stop"):
+        if hasattr(model, name):  # every event inside the run
             setattr(model, name, 100)
     config.check_events_fit()
-    setattr(model, setting, max(step, config.max_num_iterations))
-    with pytest.raises(DistilledSplatError, match=f"--pipeline.model.{setting.replace('_', '-')} .* never happen"):
+    setattr(model, setting, step)
+    with pytest.raises(
+        DistilledSplatError, match=f"--pipeline.model.{setting.replace('_', '-')} .* never happen.*{how}"
+    ):
         config.check_events_fit()
-    if setting == "sample_at":
-        config.pipeline.model.sample_at = None
-    elif setting == "structure_start":
-        config.pipeline.model.structure_weight = 0.0
-    else:
-        return
-    config.check_events_fit()  # turned off explicitly: accepted
+    if turn_off is not None:
+        turn_off(model)
+        config.check_events_fit()  # turned off explicitly: accepted
 
 
 def test_plain_teacher_has_no_events_to_check():
@@ -190,3 +218,23 @@ def test_structure_loss_of_nearby_large_sets_matches_float64():
         single = float(structure_loss(student, teacher, mode=mode))
         double = float(structure_loss(student.double(), teacher.double(), mode=mode))
         assert abs(single - double) < 1e-4 * double, (mode, single, double)
+
+
+def test_a_student_that_ends_above_its_budget_fails_instead_of_finishing(
+    tiny_scene, teacher_runs, tmp_path, monkeypatch
+):
+    """Whatever keeps a student above its budget (here: its cuts made to do nothing), the run fails at its last
+    step in one line and leaves no finished run to report."""
+    from distilled_splat.strategy.compaction import CompactionStrategy
+    from distilled_splat.training import is_trained, train
+    from tests.helpers import training_config
+
+    monkeypatch.setattr(CompactionStrategy, "cut_towards_budget", lambda *args, **kwargs: 0)
+    config = training_config(
+        distilled_splatfacto.config, tiny_scene, tmp_path / "runs", 12,
+        datamanager={"teachers": tuple(teacher_runs[:1]), "teacher_cache_dir": tmp_path / "cache"},
+        target_gaussians=30,
+    )  # fmt: skip
+    with pytest.raises(DistilledSplatError, match=r"ends at step 11 with \d+ Gaussians, above its budget of 30"):
+        train(config)
+    assert not is_trained(config)

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from plyfile import PlyData
 
-from tests.conftest import BIN, TEACHER_STEPS, ns_train, run_command
-from tests.helpers import untrained_psnr
+from distilled_splat.teachers import read_config
+from tests.conftest import BIN, TEACHER_STEPS, ns_train, required_tool, run_command
+from tests.helpers import pruned_teacher_psnr, untrained_psnr
 
 
 def assert_one_line_error(result, expected, unwritten):
@@ -79,16 +80,24 @@ def test_teacher_variants_and_mcmc_train_with_scaled_schedules_evaluate_and_expo
     assert count > 0 and {"x", "opacity", "f_dc_0", "scale_0", "rot_0"} <= names
 
 
+MARGINS = {"trained_student": 0.5, "trained_paper_student": 1.0}
+"""dB a student must gain over its own start (measured: see the printed line; the teacher-started student gains
+less in 60 steps, from a much better start)."""
+
+
 @pytest.mark.parametrize("run", ["trained_student", "trained_paper_student"])
 def test_student_trains_evaluates_and_exports_within_its_budget(request, run, tmp_path):
     config = request.getfixturevalue(run)
     assert (config.parent.parent / "teacher-cache" / "manifest.json").is_file()
     run_command("ns-eval", "--load-config", str(config), "--output-path", str(tmp_path / "eval.json"))
-    # 30 Gaussians after 60 steps do not reach the 400 untrained seed Gaussians (15.9 against 16.9 dB when this
-    # was written); the baseline is 30 of them untrained.
     psnr = json.loads((tmp_path / "eval.json").read_text())["results"]["psnr"]
-    baseline = untrained_psnr(config, count=30)
-    assert psnr > baseline + 1.0, ("30 trained Gaussians should beat 30 untrained ones", psnr, baseline)
+    if run == "trained_student":
+        # It starts from the trained teacher: its training must add to the teacher's 30 most important Gaussians.
+        baseline = pruned_teacher_psnr(read_config(config).pipeline.datamanager.teachers[0], 30)
+    else:  # from the point cloud: 30 trained Gaussians against 30 untrained seeds
+        baseline = untrained_psnr(config, count=30)
+    print(f"{run}: {psnr:.2f} dB against {baseline:.2f} dB before its own training")
+    assert psnr > baseline + MARGINS[run], (psnr, baseline)
     run_command("ns-export", "gaussian-splat", "--load-config", str(config), "--output-dir", str(tmp_path))
     count, _ = ply_vertex_count_and_names(tmp_path / "splat.ply")
     checkpoint = torch.load(next((config.parent / "nerfstudio_models").glob("*.ckpt")), map_location="cpu")
@@ -156,12 +165,10 @@ def coarse_colours(pixels: np.ndarray) -> np.ndarray:
     return (q[:, 0] * 16 + q[:, 1]) * 16 + q[:, 2]
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it as root)"
-)
 def test_viewer_page_shows_the_student_in_a_real_browser(trained_student):
     """ns-viewer on the student, opened by headless Chromium (software WebGL): the page's canvas shows the scene,
     not a blank or loading frame. The screenshot is kept at outputs/test-artifacts/viewer.png."""
+    chromium = required_tool(CHROMIUM, "Debian's chromium is not installed (scripts/setup.sh installs it as root)")
     from nerfstudio.utils.eval_utils import eval_setup
 
     from distilled_splat.data.teacher_cache import render_premultiplied
@@ -170,7 +177,7 @@ def test_viewer_page_shows_the_student_in_a_real_browser(trained_student):
     SCREENSHOT.unlink(missing_ok=True)
     with running_viewer(trained_student) as port:
         subprocess.run(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
+            [chromium, "--headless=new", "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
              "--window-size=1200,800", "--virtual-time-budget=30000", f"--screenshot={SCREENSHOT}",
              f"http://127.0.0.1:{port}"],
             capture_output=True, timeout=300,

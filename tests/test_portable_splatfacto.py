@@ -9,8 +9,8 @@ from nerfstudio.models.splatfacto import RGB2SH
 from torch import nn
 
 from distilled_splat.method_configs import distilled_teacher
-from distilled_splat.models.portable_splatfacto import UnavailableLPIPS, gsplat_viewmats
-from distilled_splat.rendering import rasterize
+from distilled_splat.models.portable_splatfacto import UnavailableLPIPS
+from distilled_splat.rendering import gsplat_viewmats, rasterize
 from tests.helpers import build_pipeline, train_steps
 
 

@@ -14,6 +14,7 @@ from distilled_splat.ops.prune import (
     importance_sample_mask,
     keep_only,
     reinitialise,
+    replace_gaussians,
     top_k_mask,
 )
 from tests import reference_rasterizer
@@ -151,3 +152,20 @@ def test_reinitialise_replaces_values_and_restarts_moments():
     assert moments(optimizers, "means")["exp_avg"].abs().sum() > 0, "other parameters are untouched"
     with pytest.raises(ValueError, match="shape"):
         reinitialise(params, optimizers, {"means": torch.zeros(3, 3)})
+
+
+def test_replace_gaussians_swaps_the_whole_set_and_restarts_moments_and_statistics():
+    params, optimizers = trained_params()
+    new = {name: torch.randn(20, *param.shape[1:]) for name, param in params.items()}
+    state = {"grad2d": torch.arange(50.0), "count": torch.ones(50), "scene_scale": 1.0, "max_count": 60}
+    replace_gaussians(params, optimizers, state, new)
+    for name, param in params.items():
+        assert optimizers[name].param_groups[0]["params"][0] is param
+        assert torch.equal(param.detach(), new[name])
+        assert moments(optimizers, name)["exp_avg"].shape == param.shape
+        assert moments(optimizers, name)["exp_avg"].abs().sum() == 0
+    assert state["grad2d"] is None and state["count"] is None, "per-Gaussian statistics start over"
+    assert state["scene_scale"] == 1.0 and state["max_count"] == 60, "numbers are kept"
+    params["means"].sum().backward()
+    optimizers["means"].step()
+    assert not torch.equal(params["means"].detach(), new["means"]), "the optimiser steps the new tensors"

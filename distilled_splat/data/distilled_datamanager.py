@@ -1,16 +1,21 @@
-"""The student's datamanager: real images plus the teachers' aggregated renders of the same views."""
+"""The student's datamanager: real images plus the teachers' cached, aggregated renders of the same views, and,
+for distilled-splatfacto, a share of steps at pseudo views (cameras no photo covers) with the aggregate alone."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Literal, Optional, Tuple, Type, Union
+from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
+import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.splatfacto import SplatfactoModelConfig
+from torch import Tensor
 
 from distilled_splat.data.datamanager import PortableDatamanager, PortableDatamanagerConfig
+from distilled_splat.data.pseudo_views import PseudoFamily, PseudoViewRecipe, concatenated, pseudo_cameras
 from distilled_splat.data.teacher_cache import load_or_build
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.teachers import final_checkpoint, read_config, teacher_config_path
@@ -29,9 +34,39 @@ class DistilledDatamanagerConfig(PortableDatamanagerConfig):
     teacher_cache_dir: Optional[Path] = None
     """Where the aggregated renders are cached. Default: teacher-cache beside the student's runs
     (OUTPUT-DIR/EXPERIMENT/METHOD/teacher-cache), shared by re-runs and rebuilt when any input changes."""
+    pseudo_views: int = 0
+    """Also cache the teachers' aggregate at this many cameras no photo was taken from (LightGaussian's pseudo
+    views), drawn once from a fixed seed, so every student of the scene shares them. 0: none."""
+    pseudo_families: Tuple[PseudoFamily, ...] = ("interpolated", "jittered")
+    """Kinds of pseudo view, taking turns: 'interpolated' (between a training camera and its nearest neighbour,
+    position interpolated, rotation slerped) and 'jittered' (a training camera moved by N(0, pseudo-jitter^2) per
+    axis)."""
+    pseudo_jitter: float = 0.05
+    """Standard deviation of the jittered positions, in the scene's normalised units (poses fit in [-1, 1])."""
+    pseudo_share: float = 0.0
+    """Share of training steps that train on a pseudo view (against the teachers' aggregate alone) instead of a
+    photo, spread evenly over the run; LightGaussian uses 2/3."""
+
+    def pseudo_recipe(self) -> PseudoViewRecipe:
+        return PseudoViewRecipe(self.pseudo_views, tuple(self.pseudo_families), self.pseudo_jitter)
+
+    def __post_init__(self) -> None:
+        self.check_pseudo_views()
+
+    def check_pseudo_views(self) -> None:
+        self.pseudo_recipe().check()
+        if not 0 <= self.pseudo_share < 1:
+            raise DistilledSplatError(f"--pipeline.datamanager.pseudo-share must be in [0, 1), got {self.pseudo_share}")
+        if (self.pseudo_views > 0) != (self.pseudo_share > 0):
+            raise DistilledSplatError(
+                "--pipeline.datamanager.pseudo-views and --pipeline.datamanager.pseudo-share go together: views "
+                f"without a share are rendered for no step, a share without views has nothing to train on (got "
+                f"{self.pseudo_views} views, share {self.pseudo_share:g})"
+            )
 
     def prepare_run(self, run_dir: Path) -> None:
         super().prepare_run(run_dir)
+        self.check_pseudo_views()  # again: settings changed after construction skip __post_init__
         if not self.teachers:
             raise DistilledSplatError("no teachers given: pass --pipeline.datamanager.teachers RUN [RUN ...]")
         for teacher in self.teachers:
@@ -57,7 +92,8 @@ class DistilledDatamanager(PortableDatamanager):
         **kwargs,
     ):
         super().__init__(config, device=device, test_mode=test_mode, **kwargs)
-        self.teacher_images = []
+        self.teacher_images: List[Tensor] = []
+        self.pseudo_images: List[Tensor] = []
         if test_mode != "val":
             return  # evaluation, the viewer and export need no teachers
         if config.teacher_cache_dir is None:
@@ -65,24 +101,39 @@ class DistilledDatamanager(PortableDatamanager):
         # The training images are undistorted and cropped when first loaded, which rewrites the training cameras'
         # intrinsics and sizes: load them first, so the teachers render exactly the pixels the student sees.
         _ = self.cached_train
+        training = self.train_dataset.cameras
+        self.pseudo_cameras = pseudo_cameras(training, config.pseudo_recipe())
+        names = [Path(name).name for name in self.train_dataparser_outputs.image_filenames]
         cached = load_or_build(
             Path(config.teacher_cache_dir),
             [teacher_config_path(teacher) for teacher in config.teachers],
-            self.train_dataset.cameras,
+            concatenated(training, self.pseudo_cameras),
             self.train_dataparser_outputs.cameras,
-            [Path(name).name for name in self.train_dataparser_outputs.image_filenames],
+            names + [f"pseudo-view-{index:05d}" for index in range(len(self.pseudo_cameras))],
             config.aggregation,
             torch.device(device),
         )
         self.teacher_cache_rebuilt = cached.rebuilt
-        self.teacher_images = cached.images
+        self.teacher_images, self.pseudo_images = cached.images[: len(training)], cached.images[len(training) :]
+        # A fixed order of its own, so that which pseudo view a step takes depends on the step alone (resumes too).
+        self.pseudo_order = np.random.default_rng(1).permutation(len(self.pseudo_images)).tolist()
         # The pipeline hands the training dataset's metadata to the model: this is how the student gets the
         # vanilla teacher's centres without reading the checkpoint itself.
         self.train_dataset.metadata["teacher_means"] = cached.teacher_means
         vanilla = teacher_config_path(config.teachers[0])
         self.train_dataset.metadata["teacher_checkpoint"] = final_checkpoint(vanilla, read_config(vanilla))
 
+    def pseudo_steps_before(self, step: int) -> int:
+        return math.floor(step * self.config.pseudo_share)
+
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
+        if self.pseudo_images and self.pseudo_steps_before(step + 1) > self.pseudo_steps_before(step):
+            index = self.pseudo_order[self.pseudo_steps_before(step) % len(self.pseudo_order)]
+            image = self.pseudo_images[index].to(self.device)
+            # The aggregate stands in for the photo, so the model's photometric loss is against the teachers alone.
+            return self.pseudo_cameras[index : index + 1].to(self.device), {
+                "image": image, "teacher_image": image, "pseudo_view": True,
+            }  # fmt: skip
         camera, data = super().next_train(step)
         data["teacher_image"] = self.teacher_images[camera.metadata["cam_idx"]].to(self.device)
         return camera, data

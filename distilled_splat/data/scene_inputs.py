@@ -229,8 +229,11 @@ def colmap_frames(scene: SceneFolder) -> List[Frame]:
             raise DistilledSplatError(f"{label} refers to camera {image.camera_id}, which the model does not have")
         camera = intrinsics[image.camera_id]
         world_to_camera = np.concatenate([colmap.qvec2rotmat(image.qvec), image.tvec.reshape(3, 1)], 1)
-        if not np.isfinite(image.qvec).all() or np.linalg.norm(image.qvec) < 1e-8:
-            world_to_camera[:] = np.nan  # qvec2rotmat hides a zero or non-finite quaternion
+        # qvec2rotmat hides a non-finite or zero quaternion: make each show as what it is.
+        if not np.isfinite(image.qvec).all():
+            world_to_camera[:] = np.nan
+        elif np.linalg.norm(image.qvec) < 1e-8:
+            world_to_camera[:, :3] = 0.0  # no rotation at all: singular
         frames.append(
             Frame(
                 image=scene.root / scene.images / image.name,

@@ -1,26 +1,34 @@
-"""The student (distilled-splatfacto): splatfacto trained against real images and the teachers' aggregate,
-with a structural loss towards the vanilla teacher's Gaussian layout and aggressive importance pruning."""
+"""The student model of both student methods: splatfacto trained against the real images and the teachers'
+cached aggregate (at the training views with --pipeline.model.distill-weight, at pseudo views where the
+datamanager serves them), with a structural loss towards the vanilla teacher's Gaussian layout and importance
+pruning to a budget.
+
+``distilled-splatfacto`` (the default) starts it from the trained vanilla teacher and cuts it to the budget in
+8 steps (``method_configs.from_teacher``), learns from photos at the training views and from the aggregate at
+pseudo views. ``distilled-splatfacto-paper`` runs the config's own defaults, Distilled-3DGS as published: from
+the point cloud, distillation weight 0.4 at every view, importance sampling and the mass prune."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.models.splatfacto import SH2RGB
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
+from distilled_splat import splat_transform
+from distilled_splat.data.datamanager import say_once
+from distilled_splat.decimation import decimate_gaussians
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.importance import ImportanceMode, view_importance
+from distilled_splat.importance import ImportanceMode, scene_importance
 from distilled_splat.losses import StructureLoss, StructureMode, photometric_loss
-from distilled_splat.models.portable_splatfacto import (
-    PortableSplatfactoModel,
-    PortableSplatfactoModelConfig,
-    gsplat_viewmats,
-)
+from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 from distilled_splat.schedules import in_window
 from distilled_splat.strategy.compaction import CompactionStrategy
 from distilled_splat.teachers import load_gaussians
@@ -28,12 +36,16 @@ from distilled_splat.teachers import load_gaussians
 
 @dataclass
 class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
-    """Distilled-3DGS student. Step counts are for a 30000-step run and scale with --max-num-iterations."""
+    """Distilled-3DGS student. The defaults are the paper's student (distilled-splatfacto-paper); the default
+    method distilled-splatfacto changes init, budget-cuts, cuts-stop, sample-at, prune-at, stop-split-at,
+    sh-degree-interval and distill-weight (see each, and `ns-train distilled-splatfacto --help` for its values).
+    Step counts are for a 30000-step run and scale with --max-num-iterations."""
 
     _target: Type = field(default_factory=lambda: DistilledSplatfactoModel)
     distill_weight: float = 0.4
-    """w in (1 - w) * photometric(student, real image) + w * photometric(student, teacher aggregate);
-    photometric = (1 - ssim-lambda) * L1 + ssim-lambda * (1 - SSIM) for both."""
+    """At training views, w in (1 - w) * photometric(student, real image) + w * photometric(student, teacher
+    aggregate); photometric = (1 - ssim-lambda) * L1 + ssim-lambda * (1 - SSIM) for both. Pseudo views always
+    train on the aggregate alone. distilled-splatfacto: 0 (the photo is the better target where there is one)."""
     structure_weight: float = 1.0
     """Weight of the structural loss (1 - cosine of soft voxel histograms of student and vanilla teacher centres)."""
     structure_mode: StructureMode = "marginal"
@@ -53,7 +65,8 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     """The structural loss is added at structure-start, structure-start + structure-every, ..."""
     importance: ImportanceMode = "blend-weight"
     """Per-Gaussian importance for pruning: total blending weight over all training views ('blend-weight', the
-    reference's indoor metric) or that weight divided by the projected area ('area-normalised', its outdoor one)."""
+    reference's indoor metric), that weight divided by the projected area ('area-normalised', its outdoor one), or
+    PUP-3DGS's sensitivity, the log-determinant of the Fisher matrix over mean and log-scale ('pup-fisher')."""
     sample_at: Optional[int] = 15000
     """Step of the first prune: sample sample-fraction of the visible Gaussians without replacement, with
     probability proportional to importance, then re-initialise them (scales from neighbour distances, opacity
@@ -74,15 +87,28 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     """Budget as a fraction of the vanilla teacher's Gaussian count (ignored when target-gaussians is set).
     The default aims at the method's promise: a tenth of the Gaussians. None leaves the count to the pruning."""
     init: Literal["points", "teacher"] = "points"
-    """'points': start from the scene's point cloud, as splatfacto does. 'teacher': start from the trained vanilla
-    teacher's Gaussians, cut to the budget by importance (see budget-cuts)."""
+    """'points': start from the scene's point cloud, as splatfacto does (distilled-splatfacto-paper). 'teacher':
+    start from the trained vanilla teacher's Gaussians, cut to the budget by importance (see budget-cuts;
+    distilled-splatfacto)."""
     budget_cuts: int = 1
     """With init teacher: cut from the teacher's count to the budget in this many cuts of equal ratio, evenly
     spaced from the first step to cuts-stop, each keeping the most important Gaussians at that moment; 1 cuts
     once, before the first step (LightGaussian). Fine-tuning between cuts lets the survivors take over the space
-    of the pruned ones."""
+    of the pruned ones. distilled-splatfacto: 8."""
     cuts_stop: int = 15000
-    """With init teacher and budget-cuts > 1: the step of the last cut, which reaches the budget."""
+    """With init teacher and budget-cuts > 1: the step of the last cut, which reaches the budget (half the run)."""
+    first_cut_keep: Optional[float] = None
+    """With init teacher and budget-cuts > 1: the first cut keeps this fraction of the starting count (PUP-3DGS
+    keeps 0.2; never fewer than the budget) and the later cuts share the rest by equal ratios. None: every cut
+    has the same ratio."""
+    cut_method: Literal["drop", "merge", "auto"] = "drop"
+    """With init teacher, how each cut reaches its count: 'drop' keeps the most important Gaussians (importance);
+    'merge' merges pairs of Gaussians down to it (splat-transform's decimation, NanoGS; needs splat-transform and
+    SH degree >= 1), restarting the optimiser's moments; 'auto' (distilled-splatfacto) merges where
+    splat-transform is installed and drops otherwise, and says which at the first cut."""
+    start_checkpoint: Optional[Path] = None
+    """With init teacher: start from this splatfacto checkpoint's Gaussians instead of the vanilla teacher's (a
+    decimated copy of it, say); the budget is still a fraction of the vanilla teacher's count."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -102,6 +128,10 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
             problems.append("a prune-at step for the budget (or --pipeline.model.init teacher)")
         if self.budget_cuts < 1 or self.cuts_stop < self.budget_cuts - 1:
             problems.append("budget-cuts >= 1 and cuts-stop >= budget-cuts - 1 (one step per cut)")
+        if self.cut_method == "merge" and self.sh_degree < 1:
+            problems.append("sh-degree >= 1 with cut-method merge (merging reads colour as SH coefficients)")
+        if self.first_cut_keep is not None and not (0 < self.first_cut_keep <= 1 and self.budget_cuts > 1):
+            problems.append(f"first-cut-keep in (0, 1] with budget-cuts > 1 (got {self.first_cut_keep})")
         if problems:
             raise DistilledSplatError(f"--pipeline.model: need {'; '.join(problems)}")
 
@@ -117,6 +147,9 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
             events["sample_at"] = (self.sample_at, "--pipeline.model.sample-at None turns it off")
         if self.structure_weight > 0:
             events["structure_start"] = (self.structure_start, "--pipeline.model.structure-weight 0 turns it off")
+        if self.init == "teacher" and self.budget_cuts > 1:
+            # The last cut is the one that reaches the budget: a run that ends before it stays above the budget.
+            events["cuts_stop"] = (self.cut_steps()[-1], "--pipeline.model.budget-cuts 1 cuts once, at step 0")
         return events
 
     def cut_steps(self) -> Tuple[int, ...]:
@@ -149,16 +182,22 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             budget=self.budget(),
         )  # fmt: skip
         if config.init == "teacher" and "teacher_checkpoint" in metadata:
-            self.start_from(load_gaussians(metadata["teacher_checkpoint"]))
+            self.start_from(load_gaussians(config.start_checkpoint or metadata["teacher_checkpoint"]))
 
     def start_from(self, gaussians: Dict[str, Tensor]) -> None:
         """Replace the initial Gaussians by ``gaussians`` (a trained splatfacto model's parameters)."""
+        if self.config.sh_degree == 0 and gaussians["features_rest"].shape[1] > 0:
+            # Splatfacto keeps a degree-0 model's colour as a logit, a higher-degree one's as the SH coefficient.
+            colour = SH2RGB(gaussians["features_dc"]).clamp(1e-4, 1 - 1e-4)
+            gaussians = {**gaussians, "features_dc": torch.logit(colour)}
         for name, param in self.gauss_params.items():
             value = gaussians[name]
+            if name == "features_rest" and value.shape[1] > param.shape[1]:
+                value = value[:, : param.shape[1]]  # a student with fewer SH bands keeps the teacher's lower ones
             if value.shape[1:] != param.shape[1:]:
                 raise DistilledSplatError(
                     f"--pipeline.model.init teacher: the teacher's {name} have shape {tuple(value.shape[1:])} per "
-                    f"Gaussian, this model's {tuple(param.shape[1:])} (set the same --pipeline.model.sh-degree)"
+                    f"Gaussian, this model's {tuple(param.shape[1:])} (--pipeline.model.sh-degree can be at most the teacher's)"
                 )
             self.gauss_params[name] = nn.Parameter(value.to(param))
 
@@ -175,7 +214,23 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
     ) -> List[TrainingCallback]:
         # Pruning scores every training view, so the model keeps a handle on the training cameras.
         self.training_cameras = training_callback_attributes.pipeline.datamanager.train_dataset.cameras
-        return super().get_training_callbacks(training_callback_attributes)
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:
+            last = trainer._start_step + trainer.config.max_num_iterations - 1
+            callbacks.append(
+                TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.check_budget, iters=(last,))
+            )
+        return callbacks
+
+    def check_budget(self, step: int) -> None:
+        """A student that ends above its budget is a failed run, never a small model with a wrong count."""
+        budget = self.budget()
+        if budget is not None and self.num_points > budget:
+            raise DistilledSplatError(
+                f"the student ends at step {step} with {self.num_points} Gaussians, above its budget of {budget}: "
+                "a prune or cut it needs never happened"
+            )
 
     def teacher_target(self, outputs, batch) -> Tensor:
         """The teachers' aggregate for this batch, downscaled and composited exactly like the real image."""
@@ -184,8 +239,12 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         weight = self.config.distill_weight
-        loss_dict["gt_loss"] = (1 - weight) * loss_dict.pop("main_loss")
-        if "teacher_image" in batch and weight > 0:
+        if batch.get("pseudo_view"):
+            # No photo exists here: the datamanager put the teachers' aggregate in the image's place.
+            loss_dict["pseudo_view_loss"] = loss_dict.pop("main_loss")
+        else:
+            loss_dict["gt_loss"] = (1 - weight) * loss_dict.pop("main_loss")
+        if "teacher_image" in batch and weight > 0 and not batch.get("pseudo_view"):
             teacher = self.teacher_target(outputs, batch)
             rendered = outputs["rgb"]
             if "mask" in batch:
@@ -227,21 +286,36 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         if self.config.init == "teacher" and step in cuts and self.training_cameras is not None:
             cuts_left = sum(1 for cut in cuts if cut >= step)
             before = self.num_points
+            keep = self.config.first_cut_keep
+            keep = round(keep * before) if keep is not None and step == cuts[0] and cuts_left > 1 else None
             state = self.strategy_state
-            if self.strategy.cut_towards_budget(self.gauss_params, self.optimizers, state, self.importance, cuts_left):
+            merge = decimate_gaussians if self.cuts_merge() else None
+            if self.strategy.cut_towards_budget(
+                self.gauss_params, self.optimizers, state, self.importance, cuts_left, keep, merge
+            ):
                 CONSOLE.print(f"Step {step}: cut the vanilla teacher's Gaussians from {before} to {self.num_points}")
+
+    def cuts_merge(self) -> bool:
+        """Whether cuts merge Gaussians (cut-method merge, or auto with splat-transform installed)."""
+        method = self.config.cut_method
+        if method == "merge" and splat_transform.find() is None:
+            raise DistilledSplatError(f"--pipeline.model.cut-method merge: {splat_transform.HOW_TO_GET}")
+        if method == "auto" and not getattr(self, "said_cut_method", False):
+            self.said_cut_method = True
+            found = splat_transform.find() is not None and self.config.sh_degree > 0
+            say_once(
+                "cut-method auto: cuts merge Gaussians (splat-transform)"
+                if found
+                else f"cut-method auto: cuts keep the most important Gaussians ({splat_transform.HOW_TO_GET})"
+            )
+        return method == "merge" or (
+            method == "auto" and splat_transform.find() is not None and self.config.sh_degree > 0
+        )
 
     @torch.no_grad()
     def importance(self) -> Tensor:
-        """Importance of every Gaussian summed over all training views, at full resolution."""
+        """Importance (--pipeline.model.importance) of every Gaussian over all training views, at full resolution."""
         if self.training_cameras is None:
             raise RuntimeError("pruning needs the training cameras; they are set in get_training_callbacks")
-        splats = self.splat_inputs(None)
-        total = torch.zeros(self.num_points, device=self.device)
-        for view in range(len(self.training_cameras)):
-            camera = self.training_cameras[view : view + 1].to(self.device)
-            total += view_importance(
-                splats, gsplat_viewmats(camera.camera_to_worlds)[0], camera.get_intrinsics_matrices()[0].to(self.device),
-                int(camera.width), int(camera.height), self.config.importance,
-            )  # fmt: skip
-        return total
+        sh_degree = self.config.sh_degree if self.config.sh_degree > 0 else None
+        return scene_importance(self.splat_inputs(None), self.training_cameras, self.config.importance, sh_degree)

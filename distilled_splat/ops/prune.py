@@ -79,3 +79,25 @@ def reinitialise(params: Params, optimizers: Dict[str, torch.optim.Optimizer], v
     _update_param_with_optimizer(
         param_fn, lambda _key, moment: torch.zeros_like(moment), params, optimizers, list(values)
     )
+
+
+@torch.no_grad()
+def replace_gaussians(
+    params: Params, optimizers: Dict[str, torch.optim.Optimizer], state: Dict[str, Any], values: Dict[str, Tensor]
+) -> None:
+    """Replace the whole set of Gaussians by ``values`` (another count: a merged set, say). Every parameter takes
+    its new value, its Adam moments restart from zero, and the strategy's per-Gaussian statistics start over
+    (gsplat allocates them again at the next step)."""
+    for name, value in values.items():
+
+        def param_fn(_name: str, param: Tensor, value=value) -> nn.Parameter:
+            # A copy: training must not write into the caller's tensors.
+            return nn.Parameter(value.detach().to(param, copy=True), requires_grad=param.requires_grad)
+
+        def optimizer_fn(_key: str, moment: Tensor, value=value) -> Tensor:
+            return torch.zeros(value.shape, dtype=moment.dtype, device=moment.device)
+
+        _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers, [name])
+    for key, held in state.items():
+        if isinstance(held, Tensor):
+            state[key] = None

@@ -20,14 +20,31 @@ is recomputed in the backward pass (activation checkpointing), so memory stays b
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_to_rotmat, _spherical_harmonics
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from typing_extensions import Literal
+
+
+@dataclass
+class PairRecord:
+    """What one band composites, for callers that need per-pixel gradients of single Gaussians (PUP's Fisher):
+    the gradient of an image sum with respect to ``rows`` holds, per (Gaussian, pixel) pair, that pixel's
+    derivative with respect to that Gaussian's render inputs, which a per-Gaussian gradient would sum away."""
+
+    table: Tensor  # [M, 6 + D] per visible Gaussian: means2d (2), conic (3), opacity, colour (D)
+    rows: Tensor  # [P, 6 + D] the table's row of each composited pair
+    gaussian: Tensor  # [P] index of each pair's Gaussian in the camera's full set
+    pixel: Tensor  # [P] index of each pair's pixel in the image, row-major
+    table_ids: Tensor  # [M] index of each table row's Gaussian in the camera's full set
+
+
+PairObserver = Callable[[PairRecord], None]
 
 ALPHA_MAX = 0.999
 ALPHA_MIN = 1.0 / 255.0
@@ -103,6 +120,7 @@ def _composite_band(
     row_stop: int,
     absgrad_sink: Optional[Tensor],  # [N, 2] per-camera buffer, or None
     global_ids: Tensor,  # [M] index of each visible Gaussian in the camera's full set
+    pair_observer: Optional[PairObserver] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Composite rows ``[row_start, row_stop)``; returns colours [rows*W, D] and alphas [rows*W]."""
     n_pixels = (row_stop - row_start) * width
@@ -135,6 +153,8 @@ def _composite_band(
         pairs = _GatherWithAbsGrad.apply(table, gid, absgrad_sink, global_ids[gid])
     else:
         pairs = table[gid]
+    if pair_observer is not None:
+        pair_observer(PairRecord(table, pairs, global_ids[gid], pix + row_start * width, global_ids))
     # split/unbind rather than column indexing: their backward is one cat, not a full-size zero tensor per column.
     pair_geometry, pair_colors = pairs.split([geometry.shape[1], colors.shape[1]], dim=1)
     pixel_y = torch.div(pix, width, rounding_mode="floor") + row_start + 0.5
@@ -180,6 +200,7 @@ def _composite_camera(
     height: int,
     absgrad_sink: Optional[Tensor],  # [N, 2]
     max_pairs_per_chunk: int,
+    pair_observer: Optional[PairObserver] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Render one camera; returns colours [H, W, D] and alphas [H, W, 1] (no background)."""
     visible = torch.nonzero(radii > 0).squeeze(1)
@@ -192,7 +213,8 @@ def _composite_camera(
         y_first, y_last = _pixel_span(v_means2d[:, 1], half_y, height)
         bands = _row_bands(y_first, y_last, (x_last - x_first + 1).clamp(min=0), height, max_pairs_per_chunk)
 
-    recompute = len(bands) > 1 and torch.is_grad_enabled()
+    # An observer holds on to each band's pairs for its own gradients, which recomputation would not keep.
+    recompute = len(bands) > 1 and torch.is_grad_enabled() and pair_observer is None
     pieces = []
     for row_start, row_stop in bands:
         # The absgrad sink is written during backward, so it is bound here rather than passed as a tracked input.
@@ -203,6 +225,7 @@ def _composite_camera(
             row_stop=row_stop,
             absgrad_sink=absgrad_sink,
             global_ids=visible,
+            pair_observer=pair_observer,
         )
         args = (v_means2d, v_conics, v_opacities, v_colors, half_x, half_y)
         pieces.append(checkpoint(band, *args, use_reentrant=False) if recompute else band(*args))
@@ -238,6 +261,7 @@ def rasterize_torch(
     camera_model: Literal["pinhole", "ortho", "fisheye"] = "pinhole",
     covars: Optional[Tensor] = None,  # [N, 3, 3]
     max_pairs_per_chunk: int = DEFAULT_MAX_PAIRS_PER_CHUNK,
+    pair_observer: Optional[PairObserver] = None,
 ) -> Tuple[Tensor, Tensor, Dict]:
     """Rasterise Gaussians with the arguments and return values of ``gsplat.rasterization``.
 
@@ -246,7 +270,8 @@ def rasterize_torch(
     ``absgrad=True``), ``radii`` [C, N] int32 is zero for culled Gaussians. gsplat's tile-intersection buffers
     (``isect_ids``, ``flatten_ids``, ``isect_offsets``) have no counterpart here and are ``None``.
     ``channel_chunk`` and ``sparse_grad`` are accepted for signature compatibility and have no effect.
-    Only the unpacked, single-process, pinhole path is implemented.
+    Only the unpacked, single-process, pinhole path is implemented. ``pair_observer`` (not in gsplat) is called
+    with a :class:`PairRecord` per band of rows composited.
     """
     if packed or distributed or camera_model != "pinhole":
         raise ValueError("the PyTorch rasteriser supports packed=False, distributed=False, camera_model='pinhole'")
@@ -309,6 +334,7 @@ def rasterize_torch(
             height,
             None if absgrad_buffer is None else absgrad_buffer[c],
             max_pairs_per_chunk,
+            pair_observer,
         )
         if backgrounds is not None:
             image = image + (1.0 - alpha) * backgrounds[c]

@@ -17,12 +17,15 @@ from distilled_splat.ops.prune import (
     keep_only,
     neighbour_log_scales,
     reinitialise,
+    replace_gaussians,
     top_k_mask,
 )
 from distilled_splat.strategy.capped import CappedDefaultStrategy, set_ceiling
 
 Importance = Callable[[], Tensor]
 """Returns the current importance of every Gaussian (summed over all training views)."""
+Merge = Callable[[Params, int], Dict[str, Tensor]]
+"""Merges the Gaussians down to a count, returning the new parameters (distilled_splat.decimation)."""
 
 
 @dataclass
@@ -98,17 +101,34 @@ class CompactionStrategy(CappedDefaultStrategy):
 
     @torch.no_grad()
     def cut_towards_budget(
-        self, params: Params, optimizers, state: Dict[str, Any], importance: Importance, cuts_left: int = 1
+        self,
+        params: Params,
+        optimizers,
+        state: Dict[str, Any],
+        importance: Importance,
+        cuts_left: int = 1,
+        keep: Optional[int] = None,
+        merge: Optional[Merge] = None,
     ) -> int:
-        """Keep the most important Gaussians: the budget itself when ``cuts_left`` is 1, otherwise as many as leave
-        ``cuts_left - 1`` further cuts of the same ratio. What is kept becomes the ceiling; returns how many went."""
+        """Bring the count down to the budget itself when ``cuts_left`` is 1, otherwise to ``keep`` if given
+        (never below the budget), else to as many as leave ``cuts_left - 1`` further cuts of the same ratio: by
+        keeping the most important Gaussians, or, with ``merge``, by merging them down to that count. What is
+        kept becomes the ceiling; returns how many went."""
         if self.budget is None:
             return 0
         if cuts_left < 1:
             raise ValueError(f"cuts_left must be positive, got {cuts_left}")
         count = len(params["means"])
-        keep = self.budget if count <= self.budget else round(count * (self.budget / count) ** (1 / cuts_left))
+        if count <= self.budget:
+            keep = self.budget
+        elif cuts_left == 1 or keep is None:
+            keep = round(count * (self.budget / count) ** (1 / cuts_left))
+        else:
+            keep = min(count, max(self.budget, keep))
         set_ceiling(state, keep)
         if count <= keep:
             return 0
+        if merge is not None:
+            replace_gaussians(params, optimizers, state, merge(params, keep))
+            return count - keep
         return keep_only(params, optimizers, state, top_k_mask(importance(), keep))
