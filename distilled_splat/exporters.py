@@ -67,11 +67,11 @@ class SplatArrays:
 
 def read_3dgs_ply(path: Path) -> SplatArrays:
     """A standard 3DGS PLY (x y z, f_dc_*, f_rest_*, opacity, scale_*, rot_*)."""
-    from plyfile import PlyData
+    from plyfile import PlyData, PlyParseError
 
     try:
         vertex = PlyData.read(str(path))["vertex"]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, PlyParseError) as err:
         raise DistilledSplatError(f"{path} is not a readable 3DGS PLY ({err})") from None
     names = set(vertex.data.dtype.names)
     needed = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "rot_0"}

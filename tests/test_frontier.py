@@ -294,18 +294,33 @@ def test_other_settings_train_anew_and_never_show_in_the_new_table(tiny_scene, t
 
 
 def test_summary_gives_mean_and_sample_spread_per_method_and_budget():
-    def row(method, seed, psnr, ssim, seconds):
+    def row(method, budget, seed, psnr, ssim, seconds, total=None):
         return {
-            "method": method, "budget": 0.1, "seed": seed, "num_gaussians": 10, "psnr": psnr, "ssim": ssim,
-            "train_seconds": seconds, "train_seconds_total": seconds + 5, "spz_bytes": 100, "start": "teacher",
+            "method": method, "budget": budget, "seed": seed, "num_gaussians": 10 + seed, "psnr": psnr, "ssim": ssim,
+            "train_seconds": seconds, "train_seconds_total": total, "spz_bytes": 100 + seed, "start": "teacher",
             "own_steps": 10, "total_steps": 20,
         }  # fmt: skip
 
-    rows = [row("a", s, p, 0.5, 1.0) for s, p in enumerate((20.0, 21.0, 22.0))] + [row("b", 0, 25.0, 0.6, 2.0)]
-    summary = {row["method"]: row for row in summarise(rows)}
-    assert summary["a"]["psnr"] == 21.0 and summary["a"]["psnr_std"] == pytest.approx(1.0)
-    assert summary["a"]["seeds"] == 3 and summary["a"]["train_seconds_total"] == 6.0
-    assert summary["b"]["psnr_std"] == 0.0 and summary["b"]["seeds"] == 1
+    rows = [row("b", 0.05, 0, 25.0, 0.6, 2.0)]
+    rows += [
+        row("a", 0.1, s, p, q, t, t + 5)
+        for s, p, q, t in ((0, 20.0, 0.5, 1.0), (1, 21.0, 0.6, 2.0), (2, 22.2, 0.8, 4.0))
+    ]
+    rows += [row("b", 0.1, 0, 25.0, 0.6, 2.0, 3.0), row("a", 0.05, 0, 19.0, 0.4, 1.0, 2.0)]
+    summary = summarise(rows)
+    assert [(entry["budget"], entry["method"]) for entry in summary] == [
+        (0.05, "a"),
+        (0.05, "b"),
+        (0.1, "a"),
+        (0.1, "b"),
+    ]
+    assert summary[2] == {
+        "method": "a", "budget": 0.1, "seeds": 3, "start": "teacher", "num_gaussians": 11, "spz_bytes": 101,
+        "own_steps": 10, "total_steps": 20, "psnr": 21.067, "psnr_std": pytest.approx(1.102, abs=1e-3),
+        "ssim": 0.6333, "ssim_std": pytest.approx(0.1528, abs=1e-4), "train_seconds": 2.3, "train_seconds_total": 7.3,
+    }  # fmt: skip
+    assert summary[1]["psnr_std"] == 0.0 and summary[1]["seeds"] == 1
+    assert summary[1]["train_seconds_total"] is None, "a total unknown for any seed is unknown, not averaged away"
 
 
 def test_readme_lists_exactly_the_declared_contenders():

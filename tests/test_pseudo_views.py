@@ -173,3 +173,17 @@ def test_student_with_fewer_sh_bands_starts_from_the_teachers_lower_ones(tiny_sc
         ours = model.get_outputs(camera)["rgb"]
         theirs = teacher_model.get_outputs(camera)["rgb"]
     assert (ours - theirs).abs().max() < 2e-3, float((ours - theirs).abs().max())
+
+
+def test_the_registered_student_distils_by_default():
+    """What `ns-train distilled-splatfacto` runs without options: the teachers' aggregate at pseudo views, the
+    structural loss, gradual cuts from the vanilla teacher; `without_distillation` is the frontier's ablation."""
+    from distilled_splat.method_configs import without_distillation
+
+    config = distilled_splatfacto.config
+    model, datamanager = config.pipeline.model, config.pipeline.datamanager
+    assert datamanager.pseudo_views > 0 and 0 < datamanager.pseudo_share < 1
+    assert model.structure_weight > 0 and model.init == "teacher" and model.budget_cuts > 1
+    plain = without_distillation(copy.deepcopy(config))
+    assert (plain.pipeline.datamanager.pseudo_share, plain.pipeline.model.structure_weight) == (0, 0)
+    assert plain.pipeline.model.distill_weight == 0

@@ -61,13 +61,14 @@ def test_splat_transform_rotates_as_the_viewer_module_assumes(splat_transform_to
 
 
 def screenshot(page: Path, width: int, height: int, target: Path) -> np.ndarray:
-    """The page's first frame (after 20 s of virtual time for loading), averaged down to width x height."""
+    """The page's first frame, averaged down to width x height. 60 s of virtual time for loading: with 20 s a
+    loaded 2-core machine still showed the loading bar."""
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
             [CHROMIUM, "--headless=new", "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
              "--disable-background-networking", "--disable-component-update", "--no-first-run",
              f"--user-data-dir={profile}", f"--window-size={width * PAGE_SCALE},{height * PAGE_SCALE}",
-             "--virtual-time-budget=20000", f"--screenshot={target}", page.as_uri()],
+             "--virtual-time-budget=60000", f"--screenshot={target}", page.as_uri()],
             capture_output=True, timeout=300,
         )  # fmt: skip
     return np.asarray(Image.open(target).convert("RGB").resize((width, height), Image.BOX)).astype(np.float64)
