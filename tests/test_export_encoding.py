@@ -15,6 +15,7 @@ from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exporters import (
     SH_SIGNS_Y_Z_FLIPPED,
     encode_ply,
+    encode_splat,
     encode_spz,
     read_3dgs_ply,
     to_bytes,
@@ -27,7 +28,15 @@ def decode_spz(data: bytes, degree: int):
     """SPZ v2 read by its published layout: header, then per-attribute streams over all Gaussians."""
     raw = gzip.decompress(data)
     magic, version, count = np.frombuffer(raw[:12], "<u4").tolist()
-    header = {"magic": magic, "version": version, "count": count, "degree": raw[12], "bits": raw[13], "flags": raw[14]}
+    header = {
+        "magic": magic,
+        "version": version,
+        "count": count,
+        "degree": raw[12],
+        "bits": raw[13],
+        "flags": raw[14],
+        "reserved": raw[15],
+    }
     stream = np.frombuffer(raw[16:], np.uint8)
     sizes = {"positions": 9, "alpha": 1, "colour": 3, "scales": 3, "rotations": 3, "sh": 3 * ((degree + 1) ** 2 - 1)}
     fields, offset = {}, 0
@@ -45,8 +54,17 @@ def decode_spz(data: bytes, degree: int):
 def test_spz_fields_decode_to_the_gaussians_within_their_quantisation():
     splats = random_splats(count=300, degree=3, seed=4)
     splats.quats[0] = 0.0  # a degenerate rotation is written as the identity
+    splats.f_rest[1, :, 0], splats.f_rest[2, :, 0] = -1.5, 1.5  # beyond SPZ's range: clipped to its ends
     header, fields = decode_spz(encode_spz(splats, antialiased=True), degree=3)
-    assert header == {"magic": 0x5053474E, "version": 2, "count": 300, "degree": 3, "bits": 12, "flags": 1}
+    assert header == {
+        "magic": 0x5053474E,
+        "version": 2,
+        "count": 300,
+        "degree": 3,
+        "bits": 12,
+        "flags": 1,
+        "reserved": 0,
+    }
 
     flip = np.array([1.0, -1.0, -1.0])  # nerfstudio's axes to SPZ's (y down, z forward)
     np.testing.assert_allclose(fields["positions"], splats.means * flip, atol=0.5 / 4096 + 1e-6)
@@ -65,9 +83,41 @@ def test_spz_fields_decode_to_the_gaussians_within_their_quantisation():
     expected = (splats.f_rest * SH_SIGNS_Y_Z_FLIPPED).transpose(0, 2, 1)
     degree_one = 0.5 * (1 << 3) / 128 + 0.5 / 128  # 5 significant bits, then the rounding to a 1/128 step
     degree_two_three = 0.5 * (1 << 4) / 128 + 0.5 / 128  # 4 significant bits
-    np.testing.assert_allclose((sh[:, :3] - 128) / 128, expected[:, :3], atol=degree_one + 1e-9)
-    np.testing.assert_allclose((sh[:, 3:] - 128) / 128, expected[:, 3:], atol=degree_two_three + 1e-9)
-    assert set(np.unique(sh[:, :3] % 8)) == {0} and set(np.unique(sh[:, 3:] % 16)) == {0}
+    np.testing.assert_allclose((sh[3:, :3] - 128) / 128, expected[3:, :3], atol=degree_one + 1e-9)
+    np.testing.assert_allclose((sh[3:, 3:] - 128) / 128, expected[3:, 3:], atol=degree_two_three + 1e-9)
+    assert set(np.unique(sh[3:, :3] % 8)) == {0} and set(np.unique(sh[3:, 3:] % 16)) == {0}
+    # The first degree-1 band changes sign with the axes: -1.5 becomes 1.5.
+    assert sh[1, 0].tolist() == [255, 255, 255] and sh[2, 0].tolist() == [0, 0, 0]
+
+
+def test_spz_is_byte_identical_across_runs():
+    splats = random_splats(count=20)
+    data = encode_spz(splats)
+    assert data == encode_spz(splats) and data[4:8] == bytes(4), "gzip header without a timestamp"
+
+
+def test_splat_records_decode_to_the_gaussians():
+    splats = random_splats(count=30, seed=5)
+    record = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)])
+    out = np.frombuffer(encode_splat(splats), dtype=record)
+    np.testing.assert_array_equal(out["position"], splats.means)
+    np.testing.assert_allclose(out["scale"], np.exp(splats.log_scales), rtol=1e-6)
+    colour = np.clip(np.round((0.5 + 0.28209479177387814 * splats.f_dc) * 255), 0, 255)
+    np.testing.assert_array_equal(out["rgba"][:, :3], colour)
+    alpha = np.round(255 / (1 + np.exp(-splats.opacity.astype(np.float64))))
+    np.testing.assert_array_equal(out["rgba"][:, 3], alpha)
+    np.testing.assert_allclose((out["rotation"] - 128.0) / 128, unit_quaternions(splats.quats), atol=0.5 / 128 + 0.01)
+    expected = np.clip(np.round(unit_quaternions(splats.quats) * 128 + 128), 0, 255)
+    np.testing.assert_array_equal(out["rotation"], expected)
+
+
+def test_sh_degree_can_be_kept_or_lowered_but_not_raised():
+    splats = random_splats(count=3, degree=2)
+    assert splats.with_sh_degree(2).f_rest.shape == (3, 3, 8) and splats.with_sh_degree(1).f_rest.shape == (3, 3, 3)
+    with pytest.raises(DistilledSplatError, match="between 0 and the model's 2, got 3"):
+        splats.with_sh_degree(3)
+    with pytest.raises(DistilledSplatError, match="got -1"):
+        splats.with_sh_degree(-1)
 
 
 def test_spz_of_degree_zero_has_no_sh_stream_and_is_not_antialiased_by_default():
@@ -80,6 +130,9 @@ def test_spz_refuses_positions_beyond_its_fixed_point_range():
     splats = random_splats(count=5)
     splats.means[3, 1] = -2100.0
     with pytest.raises(DistilledSplatError, match=r"within \+-2048 units; this model reaches 2100"):
+        encode_spz(splats)
+    splats.means[3, 1] = 2048.0  # 2^23 in fixed point: one past the largest 24-bit signed value's magnitude
+    with pytest.raises(DistilledSplatError, match="this model reaches 2048"):
         encode_spz(splats)
     splats.means[3, 1] = 2047.0
     assert decode_spz(encode_spz(splats), degree=3)[1]["positions"][3, 1] == -2047.0

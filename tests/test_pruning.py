@@ -169,3 +169,28 @@ def test_replace_gaussians_swaps_the_whole_set_and_restarts_moments_and_statisti
     params["means"].sum().backward()
     optimizers["means"].step()
     assert not torch.equal(params["means"].detach(), new["means"]), "the optimiser steps the new tensors"
+
+
+def test_mask_edges_fractions_boundaries_and_dtypes():
+    """The masks at their edges: the ends of the allowed ranges, a mass boundary hit exactly, zero importance,
+    reproducible draws from a given generator, boolean masks on the importance's device."""
+    importance = torch.tensor([0.0, 1.0, 1.0, 2.0, 4.0])
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=rf"sampling fraction must be in \(0, 1\], got {bad}"):
+            importance_sample_mask(importance, bad)
+        with pytest.raises(ValueError, match=rf"importance share must be in \(0, 1\], got {bad}"):
+            cumulative_mass_mask(importance, bad)
+    everything = importance_sample_mask(importance, 1.0)
+    assert everything.tolist() == [False, True, True, True, True], "fraction 1 keeps every visible Gaussian"
+    assert not importance_sample_mask(importance, 0.2).any(), "a fraction of 4 visible below one keeps none"
+    weights = torch.linspace(0.1, 1.0, 200)
+    draws = [importance_sample_mask(weights, 0.5, torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2]), "draws follow the generator"
+    assert cumulative_mass_mask(importance, 1.0).tolist() == [False, True, True, True, True]
+    # Total 8; a share of 0.75 may drop 2 of it: the zero and both ones (cumulative 0, 1, 2 <= 2) go.
+    assert cumulative_mass_mask(importance, 0.75).tolist() == [False, False, False, True, True]
+    assert cumulative_mass_mask(importance).tolist() == [False, True, True, True, True], "0.99 by default"
+    for mask in (everything, cumulative_mass_mask(importance, 0.75), top_k_mask(importance, 2)):
+        assert mask.dtype == torch.bool and mask.device == importance.device
+    assert top_k_mask(importance, 2).tolist() == [False, False, False, True, True]
+    assert top_k_mask(importance, 9).all(), "asking for more than there are keeps all"

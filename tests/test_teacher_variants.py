@@ -30,6 +30,21 @@ def test_rotation_6d_round_trip():
     torch.testing.assert_close(rotmat_to_quat(rotmat_from_6d(quat_to_6d(3.0 * quats))), quats, atol=1e-5, rtol=0)
 
 
+def test_noisy_6d_maps_to_the_gram_schmidt_rotation():
+    """Perturbation adds noise to the 6D representation, so its two columns are no longer orthonormal: the map
+    back keeps the first column's direction and the part of the second orthogonal to it."""
+    six = torch.randn(64, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rotations = rotmat_from_6d(six)
+    first, second = six[:, :3], six[:, 3:]
+    first = first / first.norm(dim=-1, keepdim=True)
+    second = second - (first * second).sum(-1, keepdim=True) * first
+    torch.testing.assert_close(rotations[..., 0], first)
+    torch.testing.assert_close(rotations[..., 1], second / second.norm(dim=-1, keepdim=True))
+    eye = torch.eye(3, dtype=torch.float64).expand(64, 3, 3)
+    torch.testing.assert_close(rotations.transpose(1, 2) @ rotations, eye)
+    torch.testing.assert_close(torch.linalg.det(rotations), torch.ones(64, dtype=torch.float64))
+
+
 def test_noise_std_follows_the_reference_rule():
     torch.manual_seed(0)
     n = 20_000
