@@ -183,6 +183,7 @@ def test_mask_edges_fractions_boundaries_and_dtypes():
     everything = importance_sample_mask(importance, 1.0)
     assert everything.tolist() == [False, True, True, True, True], "fraction 1 keeps every visible Gaussian"
     assert not importance_sample_mask(importance, 0.2).any(), "a fraction of 4 visible below one keeps none"
+    assert int(importance_sample_mask(importance, 0.25).sum()) == 1, "exactly one is one"
     weights = torch.linspace(0.1, 1.0, 200)
     draws = [importance_sample_mask(weights, 0.5, torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2]), "draws follow the generator"

@@ -256,7 +256,7 @@ def test_every_benchmark_script_runs_at_toy_size(finished_run, tmp_path):
     toy = {
         "bench_rasterizer.py": ["--counts", "200", "--sizes", "16", "--repeats", "1"],
         "bench_distillation.py": ["--output", str(finished_run), "--steps", "2", "--structure-counts", "500"],
-        "bench_training_time.py": ["--output", str(finished_run), "--steps", "12", "--rounds", "1"],
+        "bench_training_time.py": ["--output", str(finished_run), "--steps", "20", "--rounds", "1"],
     }
     scripts = sorted(path.name for path in (root / "benchmarks").iterdir() if path.suffix in (".py", ".sh"))
     assert set(toy) | {"gpu_check.sh", "gpu_env.sh", "gpu_frontier.sh"} == set(scripts), "a new script needs a toy run"
