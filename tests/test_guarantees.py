@@ -61,6 +61,36 @@ def test_growth_fills_the_room_exactly_with_the_highest_gradients(ceiling_in_sta
     assert strategy._grow_gs(params, optimizers, state, step=1100) == (0, 0) and len(params["means"]) == 60
 
 
+def test_growth_ranks_mean_gradients_and_counts_screen_size_candidates():
+    """Candidates are ranked by their mean gradient (sum over its count), which in real runs is far below 1;
+    while gsplat still splits by screen size, large-on-screen Gaussians are candidates too, and the ones left
+    waiting neither clone nor split."""
+    generator = torch.Generator().manual_seed(1)
+    params, optimizers = gaussians(40, generator)
+    counts = torch.randint(1, 6, (40,), generator=generator).float()
+    mean_grads = torch.rand(40, generator=generator) * 0.002  # gsplat's default threshold is 0.0002
+    strategy = CappedDefaultStrategy(max_count=48, grow_grad2d=0.0005, refine_scale2d_stop_iter=0)
+    state = refinement_state(40, mean_grads * counts)
+    state["count"] = counts.clone()
+    original = params["means"].detach().clone()
+    strategy._grow_gs(params, optimizers, state, step=1000)
+    ranked = torch.where(mean_grads > 0.0005, mean_grads, torch.full_like(mean_grads, -1.0))
+    top = torch.topk(ranked, 8).indices.sort().values
+    assert torch.equal(params["means"].detach()[40:], original[top]), "the 8 highest mean gradients clone"
+
+    params, optimizers = gaussians(20, generator)
+    grads = torch.zeros(20)
+    grads[:4] = 1.0  # four gradient candidates (small: they clone)
+    radii = torch.zeros(20)
+    radii[4:7] = 0.5  # three screen-size candidates (they split), grads 0.3, 0.2, 0.1 rank them
+    grads[4:7] = torch.tensor([0.3, 0.2, 0.1])
+    strategy = CappedDefaultStrategy(max_count=25, grow_grad2d=0.5, grow_scale2d=0.05, refine_scale2d_stop_iter=2000)
+    state = refinement_state(20, grads)
+    state["radii"] = radii
+    duplicated, split = strategy._grow_gs(params, optimizers, state, step=1000)
+    assert (duplicated, split) == (4, 1) and len(params["means"]) == 25, "the best screen-size candidate splits"
+
+
 def test_clone_candidates_are_exactly_what_gsplat_duplicates(tiny_scene):
     """Compared with gsplat's own DefaultStrategy refinement on the same Gaussians and statistics."""
     config = copy.deepcopy(distilled_teacher_noise.config)
