@@ -89,6 +89,9 @@ def test_growth_ranks_mean_gradients_and_counts_screen_size_candidates():
     state["radii"] = radii
     duplicated, split = strategy._grow_gs(params, optimizers, state, step=1000)
     assert (duplicated, split) == (4, 1) and len(params["means"]) == 25, "the best screen-size candidate splits"
+    state = refinement_state(25, torch.full((25,), 2.0))
+    strategy.max_count = 26
+    assert strategy._grow_gs(params, optimizers, state, step=3000) == (1, 0), "room for one grows one"
 
 
 def test_clone_candidates_are_exactly_what_gsplat_duplicates(tiny_scene):
