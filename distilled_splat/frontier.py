@@ -255,9 +255,17 @@ class Frontier:
             needed |= set(CONTENDERS[spec.method].teachers_used(self.recipe))
         return [name for name in TEACHER_METHODS if name in needed]
 
+    def teacher_config(self, name: str) -> TrainerConfig:
+        """A teacher keeps the seed of the run that trained it (the folder's recipe.json): --seed only sets the
+        contenders' first seed, so `--seed 43` adds seeds on the same teachers."""
+        config = self.recipe.method_config(name)
+        if (self.recipe.output / "recipe.json").is_file():
+            config.machine.seed = Recipe.load(self.recipe.output).settings.seed
+        return config
+
     def train_teachers(self, progress: Progress) -> None:
         for name in self.teachers_needed():
-            config = self.recipe.method_config(name)
+            config = self.teacher_config(name)
             refuse_other_settings(config)
             if is_trained(config):
                 progress.console.print(f"reusing the {name} teacher: {config.get_base_dir()}")
@@ -265,7 +273,8 @@ class Frontier:
                 self.recipe.train_stage(name, config, progress)
 
     def execute(self) -> List[Dict]:
-        self.recipe.save()
+        if not (self.recipe.output / "recipe.json").is_file():  # a run's record stays the run's
+            self.recipe.save()
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -282,6 +283,11 @@ def test_other_settings_train_anew_and_never_show_in_the_new_table(tiny_scene, t
     first, _ = frontier()
     runs = output / "runs" / "frontier" / "distilled-splatfacto"
     assert len(first) == 1 and len(list(runs.iterdir())) == 1
+    seeds, _ = frontier("--seed", "43")
+    assert sorted(row["seed"] for row in seeds) == [42, 43], "--seed 43 adds a seed, on the same teachers"
+    shutil.rmtree(runs / next(p.name for p in runs.iterdir() if "-s43-" in p.name))
+    for path in (output / "frontier" / "models").glob("*-s43-*"):
+        path.unlink()
     changed, table = frontier("--student-args=--pipeline.model.ssim-lambda 0.3")
     assert len(changed) == 1 and changed[0]["fingerprint"] != first[0]["fingerprint"]
     assert len(list(runs.iterdir())) == 2, "trained anew in a run folder of its own, not resumed from the old one"
