@@ -60,17 +60,29 @@ def test_splat_transform_rotates_as_the_viewer_module_assumes(splat_transform_to
     np.testing.assert_allclose(moved, splats.means @ (FLIP @ rotation @ FLIP).T, atol=1e-5)
 
 
+def still_loading(shot: np.ndarray) -> bool:
+    """The viewer's loading screen: its background colour everywhere but an orange progress bar across the width.
+    The page decodes the splats in a worker, which headless Chromium's virtual time does not wait for."""
+    orange = (shot[..., 0] > 200) & (shot[..., 1] > 60) & (shot[..., 1] < 150) & (shot[..., 2] < 80)
+    background = (np.abs(shot - shot[0, 0]).max(-1) < 8).mean()
+    return bool(orange.mean(1).max() > 0.8 and background > 0.85)
+
+
 def screenshot(page: Path, width: int, height: int, target: Path) -> np.ndarray:
-    """The page's first frame, averaged down to width x height. 60 s of virtual time for loading: with 20 s a
-    loaded 2-core machine still showed the loading bar."""
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
-             "--disable-background-networking", "--disable-component-update", "--no-first-run",
-             f"--user-data-dir={profile}", f"--window-size={width * PAGE_SCALE},{height * PAGE_SCALE}",
-             "--virtual-time-budget=60000", f"--screenshot={target}", page.as_uri()],
-            capture_output=True, timeout=300,
-        )  # fmt: skip
+    """The page's first frame once loaded, averaged down to width x height: shot again with more virtual time
+    while it still shows the loading screen (on a loaded 2-core machine 60 s of virtual time was not enough)."""
+    for budget in (20_000, 60_000, 180_000, 400_000):
+        with tempfile.TemporaryDirectory() as profile:
+            subprocess.run(
+                [CHROMIUM, "--headless=new", "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 f"--user-data-dir={profile}", f"--window-size={width * PAGE_SCALE},{height * PAGE_SCALE}",
+                 f"--virtual-time-budget={budget}", f"--screenshot={target}", page.as_uri()],
+                capture_output=True, timeout=600,
+            )  # fmt: skip
+        full = np.asarray(Image.open(target).convert("RGB")).astype(np.float64)
+        if not still_loading(full):
+            break
     return np.asarray(Image.open(target).convert("RGB").resize((width, height), Image.BOX)).astype(np.float64)
 
 
