@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import numpy as np
 import pytest
@@ -116,6 +117,22 @@ def test_cache_is_rebuilt_when_the_pseudo_view_recipe_changes_and_reused_otherwi
     assert pseudo_student(tiny_scene, teacher_runs, cache, views=7)[1].datamanager.teacher_cache_rebuilt
     rebuilt = pseudo_student(tiny_scene, teacher_runs, cache, views=7, share=0.5)
     assert not rebuilt[1].datamanager.teacher_cache_rebuilt, "the share decides steps, not renders"
+    # Students with other cameras (frontier contenders with and without pseudo views) keep their own renders.
+    assert not pseudo_student(tiny_scene, teacher_runs, cache)[1].datamanager.teacher_cache_rebuilt
+    assert len(list(cache.glob("*/manifest.json"))) == 2
+
+
+def test_a_build_removes_what_killed_builds_left_and_not_what_running_ones_write(tiny_scene, teacher_runs, tmp_path):
+    cache = tmp_path / "cache"
+    pseudo_student(tiny_scene, teacher_runs, cache)
+    (folder,) = cache.iterdir()
+    running = cache / f".{folder.name}.partial-{os.getpid()}-0000"
+    killed = cache / f".{folder.name}.partial-{2**22 + 1}-0000"  # above Linux's largest process id
+    for partial in (running, killed):
+        (partial / "views").mkdir(parents=True)
+    (folder / "manifest.json").unlink()
+    assert pseudo_student(tiny_scene, teacher_runs, cache)[1].datamanager.teacher_cache_rebuilt
+    assert running.is_dir() and not killed.exists()
 
 
 def test_a_share_of_steps_trains_on_pseudo_views_against_the_aggregate_alone(tiny_scene, teacher_runs, tmp_path):

@@ -177,7 +177,7 @@ def teacher_checkpoint_saved(output):
 
 
 def cache_build_started(output):
-    return any((output / "runs" / "distilled" / "distilled-splatfacto").glob(".teacher-cache.partial-*"))
+    return any((output / "runs" / "distilled" / "distilled-splatfacto").glob("teacher-cache/.*.partial-*"))
 
 
 def student_checkpoint_saved(output):

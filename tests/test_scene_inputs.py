@@ -79,7 +79,7 @@ def test_colmap_folder_trains_teacher_and_student_with_ns_train(tiny_scene, tmp_
         "distilled-splatfacto", folder, tmp_path / "runs", "--pipeline.datamanager.teachers", str(teacher.parent),
         "--pipeline.model.target-gaussians", "50", *colmap_args, steps=30,
     )  # fmt: skip
-    cache = student.parent.parent / "teacher-cache"
+    (cache,) = (student.parent.parent / "teacher-cache").iterdir()
     views = sorted((cache / "views").glob("*.png"))
     pseudo_views = distilled_splatfacto.config.pipeline.datamanager.pseudo_views
     assert len(views) == 14 + pseudo_views and Image.open(views[0]).size == (24, 20)

@@ -46,7 +46,8 @@ def test_teacher_images_are_served_with_every_training_batch(tiny_scene, teacher
     for view, rendered in enumerate(datamanager.teacher_images):
         errors = (photos - premultiplied(rendered)).abs().mean(dim=(1, 2, 3))
         assert int(errors.argmin()) == view, errors
-    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    (manifest_path,) = (tmp_path / "cache").glob("*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
     assert [t["config"] for t in manifest["teachers"]] == [str(t) for t in teacher_runs]
     assert len(manifest["views"]) == len(datamanager.train_dataset)
     means = pipeline.model.teacher_means

@@ -1,15 +1,20 @@
 """Teacher renders of every training view, rendered once, aggregated, and cached on disk as RGBA images.
 
-Layout of a cache folder: ``manifest.json`` (written last: a folder without one is never trusted),
-``views/NNNNN.png`` (straight-alpha RGBA at the training resolution) and ``teacher_means.npy`` (the first
-teacher's Gaussian centres, for the structural loss). A build happens in a hidden sibling folder that replaces
-the cache only once complete, so an interrupted build leaves either the previous cache or none.
+A cache folder holds one sub-folder per set of inputs (teachers, cameras, aggregation), named by their digest,
+so students that render different cameras (with or without pseudo views) share the folder without rebuilding
+or deleting each other's renders, even while they run at the same time. Each sub-folder: ``manifest.json``
+(written last: a folder without one is never trusted), ``views/NNNNN.png`` (straight-alpha RGBA at the training
+resolution) and ``teacher_means.npy`` (the first teacher's Gaussian centres, for the structural loss). A build
+happens in a hidden sibling folder that replaces the sub-folder only once complete, so an interrupted build
+leaves either the previous cache or none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
 import shutil
 import uuid
@@ -59,6 +64,12 @@ class CacheKey:
     teachers: List[Dict[str, str]]
     cameras: str
     aggregation: str
+
+    def folder_name(self) -> str:
+        """The sub-folder these inputs are cached in."""
+        checkpoints = [teacher["sha256"] for teacher in self.teachers]
+        text = json.dumps([FORMAT_VERSION, checkpoints, self.cameras, self.aggregation])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def matches(self, manifest: dict) -> bool:
         return (
@@ -161,9 +172,10 @@ def build(
     Every teacher but the last is staged on disk; each view is aggregated as soon as the last teacher has
     rendered it. Writing, aggregating and encoding run in worker threads, overlapping the rendering.
     """
-    for stale in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):  # left by a killed build
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = cache_dir.parent / f".{cache_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    for stale in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):
+        if not process_alive(stale.name.split("-")[-2]):  # left by a killed build, not one still running
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = cache_dir.parent / f".{cache_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     last = len(teacher_configs) - 1
     try:
         (staging / "views").mkdir(parents=True)
@@ -211,6 +223,16 @@ def build(
         raise DistilledSplatError(f"cannot write the teacher cache {cache_dir}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def process_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @contextmanager
@@ -264,16 +286,22 @@ def load_or_build(
     if not teacher_configs:
         raise DistilledSplatError("no teachers given: pass --pipeline.datamanager.teachers with trained teacher runs")
     key = cache_key(teacher_configs, cameras, image_names, aggregation)
-    manifest = read_valid_manifest(cache_dir, key)
-    contents = None if manifest is None else read_contents(cache_dir, manifest, cameras)
+    folder = cache_dir / key.folder_name()
+    manifest = read_valid_manifest(folder, key)
+    contents = None if manifest is None else read_contents(folder, manifest, cameras)
     if contents is not None:
         return TeacherImages(*contents, rebuilt=False)
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    with random_state_kept(device):
-        manifest = build(cache_dir, key, teacher_configs, cameras, scene_cameras, device)
-    contents = read_contents(cache_dir, manifest, cameras)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with random_state_kept(device):
+            manifest = build(folder, key, teacher_configs, cameras, scene_cameras, device)
+    except DistilledSplatError:
+        with contextlib.suppress(OSError):  # a failed first build leaves no empty cache folder behind
+            cache_dir.rmdir()
+        raise
+    contents = read_contents(folder, manifest, cameras)
     if contents is None:
-        raise DistilledSplatError(f"teacher cache {cache_dir} could not be read back right after building it")
+        raise DistilledSplatError(f"teacher cache {folder} could not be read back right after building it")
     return TeacherImages(*contents, rebuilt=True)
 
 
