@@ -17,6 +17,7 @@ from distilled_splat.method_configs import (
     distilled_teacher,
     from_teacher,
     without_distillation,
+    without_pseudo_views,
 )
 from distilled_splat.recipe import Recipe, TeacherName
 
@@ -137,7 +138,7 @@ def no_structure(config: TrainerConfig, setup: Setup) -> None:
 
 
 def no_pseudo_views(config: TrainerConfig, setup: Setup) -> None:
-    config.pipeline.datamanager.pseudo_views, config.pipeline.datamanager.pseudo_share = 0, 0.0
+    without_pseudo_views(config)
 
 
 def paper_no_distill(config: TrainerConfig, setup: Setup) -> None:

@@ -84,16 +84,18 @@ class CheckedTrainerConfig(TrainerConfig):
 
     def check_events_fit(self) -> None:
         """Refuse a run whose last step comes before one of its model's scheduled events (a prune, a window)."""
-        model = self.pipeline.model
+        model, datamanager = self.pipeline.model, self.pipeline.datamanager
         if not isinstance(model, PortableSplatfactoModelConfig):
             return
         last = self.max_num_iterations - 1
-        for name, (step, turn_off) in model.scheduled_events().items():
-            if step > last:
-                raise DistilledSplatError(
-                    f"--pipeline.model.{name.replace('_', '-')} {step} comes after the run's last step {last}, so it "
-                    f"would never happen: move it earlier, or --scale-schedules True ({turn_off})"
-                )
+        owners = {"model": model, **({"datamanager": datamanager} if hasattr(datamanager, "scheduled_events") else {})}
+        for owner_name, owner in owners.items():
+            for name, (step, turn_off) in owner.scheduled_events().items():
+                if step > last:
+                    raise DistilledSplatError(
+                        f"--pipeline.{owner_name}.{name.replace('_', '-')} {step} comes after the run's last step "
+                        f"{last}, so it would never happen: move it earlier, or --scale-schedules True ({turn_off})"
+                    )
 
 
 def splat_trainer_config(
@@ -153,6 +155,7 @@ def from_teacher(config: TrainerConfig, budget_cuts: int = GRADUAL_CUTS) -> Trai
     model.stop_split_at = 0
     model.sh_degree_interval = 1
     config.optimizers["means"] = {"optimizer": AdamOptimizerConfig(lr=FINETUNE_MEANS_LR, eps=1e-15), "scheduler": None}
+    config.pipeline.datamanager.pseudo_start = model.cut_steps()[-1]  # where it takes them: once at its budget
     return config
 
 
@@ -160,7 +163,13 @@ def without_distillation(config: TrainerConfig) -> TrainerConfig:
     """``config``'s student learning from the real images alone: no distillation term, structural loss or pseudo
     views. Changes ``config`` in place and returns it."""
     config.pipeline.model.distill_weight, config.pipeline.model.structure_weight = 0.0, 0.0
-    config.pipeline.datamanager.pseudo_views, config.pipeline.datamanager.pseudo_share = 0, 0.0
+    return without_pseudo_views(config)
+
+
+def without_pseudo_views(config: TrainerConfig) -> TrainerConfig:
+    """``config`` taking no pseudo views. Changes ``config`` in place and returns it."""
+    datamanager = config.pipeline.datamanager
+    datamanager.pseudo_views, datamanager.pseudo_share, datamanager.pseudo_start = 0, 0.0, 0
     return config
 
 
@@ -176,9 +185,10 @@ PSEUDO_SHARE = 0.2
 
 def gradual_student() -> TrainerConfig:
     """The default student (Distilled-3DGS's design card): started from the vanilla teacher and cut to the budget
-    in steps (merging Gaussians where splat-transform is installed), fine-tuned on the real images at the training views and on the teachers' cached aggregate at pseudo
-    views (cameras no photo covers), with the structural loss towards the vanilla teacher's layout. At training
-    views the photo itself is the target (the aggregate only approximates it): distill-weight 0 there."""
+    in steps (merging Gaussians where splat-transform is installed), fine-tuned on the real images at the training
+    views and, once at its budget, also on the teachers' cached aggregate at pseudo views (cameras no photo
+    covers), with the structural loss towards the vanilla teacher's layout. At training views the photo itself is
+    the target (the aggregate only approximates it): distill-weight 0 there."""
     config = from_teacher(student_trainer_config("distilled-splatfacto"))
     config.pipeline.model.cut_method = "auto"
     config.pipeline.model.distill_weight = 0.0

@@ -42,9 +42,12 @@ def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
     model = config.pipeline.model
     reset_every_steps = model.reset_alpha_every * model.refine_every
     model.reset_alpha_every = max(MIN_REFINES_PER_RESET, round(reset_every_steps * factor / model.refine_every))
-    for name in model.step_schedule_fields():
-        if getattr(model, name) is not None:
-            setattr(model, name, scaled(getattr(model, name)))
+    datamanager = config.pipeline.datamanager
+    owners = [model] + ([datamanager] if hasattr(datamanager, "step_schedule_fields") else [])
+    for owner in owners:
+        for name in owner.step_schedule_fields():
+            if getattr(owner, name) is not None:
+                setattr(owner, name, scaled(getattr(owner, name)))
     for optimizer in config.optimizers.values():
         scheduler = optimizer["scheduler"]
         if isinstance(scheduler, ExponentialDecaySchedulerConfig):

@@ -18,8 +18,10 @@ from distilled_splat.method_configs import (
     distilled_teacher,
     distilled_teacher_dropout,
     distilled_teacher_noise,
+    without_pseudo_views,
 )
 from distilled_splat.ops.perturb import clone_candidates
+from distilled_splat.schedules import scale_to_run_length
 from distilled_splat.strategy.capped import CAP_KEY, CappedDefaultStrategy, set_ceiling
 from tests.helpers import build_pipeline, spy_on_growth, train_steps
 
@@ -204,6 +206,8 @@ def test_events_after_the_last_step_are_refused_unless_turned_off(method, settin
     for name in ("sample_at", "prune_at", "structure_start", "perturb_start", "dropout_start", "cuts_stop"):
         if hasattr(model, name):  # every event inside the run
             setattr(model, name, 100)
+    if hasattr(config.pipeline.datamanager, "pseudo_start"):
+        config.pipeline.datamanager.pseudo_start = 100
     config.check_events_fit()
     setattr(model, setting, step)
     with pytest.raises(
@@ -213,6 +217,20 @@ def test_events_after_the_last_step_are_refused_unless_turned_off(method, settin
     if turn_off is not None:
         turn_off(model)
         config.check_events_fit()  # turned off explicitly: accepted
+
+
+def test_pseudo_views_starting_after_the_last_step_are_refused_unless_turned_off():
+    config = scale_to_run_length(distilled_splatfacto.config, 400)  # every other event inside the run
+    datamanager = config.pipeline.datamanager
+    datamanager.pseudo_start = 399
+    config.check_events_fit()
+    datamanager.pseudo_start = 400
+    with pytest.raises(
+        DistilledSplatError, match="--pipeline.datamanager.pseudo-start 400 .* never happen.*pseudo-share 0 turns"
+    ):
+        config.check_events_fit()
+    without_pseudo_views(config)
+    config.check_events_fit()
 
 
 def test_plain_teacher_has_no_events_to_check():

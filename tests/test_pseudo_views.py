@@ -139,8 +139,11 @@ def test_a_share_of_steps_trains_on_pseudo_views_against_the_aggregate_alone(tin
     _, pipeline, _ = pseudo_student(tiny_scene, teacher_runs, tmp_path / "cache")
     datamanager, model = pipeline.datamanager, pipeline.model
     taken = [index for index in range(100) if datamanager.next_train(index)[1].get("pseudo_view")]
-    assert len(taken) == 25, taken
-    assert max(b - a for a, b in zip(taken, taken[1:])) <= 4, "spread evenly over the run"
+    # The default takes them once the student is at its budget: from its last cut on, a quarter of the steps.
+    last_cut = model.config.cut_steps()[-1]
+    assert datamanager.config.pseudo_start == last_cut == 50
+    assert len(taken) == 12 and min(taken) >= last_cut, taken
+    assert max(b - a for a, b in zip(taken, taken[1:])) <= 4, "spread evenly over the rest of the run"
     # Which pseudo view a step takes depends on the step alone (a resumed run continues as an uninterrupted one).
     first = [datamanager.next_train(step)[0].camera_to_worlds for step in taken[:5]]
     again = [datamanager.next_train(step)[0].camera_to_worlds for step in taken[:5]]

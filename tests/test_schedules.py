@@ -58,4 +58,5 @@ def test_the_default_student_cuts_over_the_first_half_and_never_densifies_at_any
         # 0 is "from the start" and must stay 0: stop-split-at 1 would reset every opacity at step 0.
         assert model.stop_split_at == 0 and model.init == "teacher"
         assert model.cut_steps() == tuple(round(i * (steps // 2) / 7) for i in range(8))
+        assert config.pipeline.datamanager.pseudo_start == model.cut_steps()[-1], "pseudo views after the cuts"
         assert config.optimizers["means"]["scheduler"] is None
