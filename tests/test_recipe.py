@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,9 +16,11 @@ from plyfile import PlyData
 
 from distilled_splat import recipe as recipe_module
 from distilled_splat.cli import Run
+from distilled_splat.data.datamanager import PortableDatamanagerConfig
+from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfig
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.recipe import Recipe, RecipeSettings
-from distilled_splat.training import last_step_checkpoint
+from distilled_splat.training import SERVED_SETTINGS, last_step_checkpoint
 from tests.conftest import BIN, required_tool, run_command
 from tests.helpers import pruned_teacher_psnr, untrained_psnr
 
@@ -232,6 +235,15 @@ def test_default_steps_fit_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     concrete = RecipeSettings(device="cuda", steps=30_000, student_steps=30_000)
     assert RecipeSettings(device="auto").with_device_defaults() == concrete
+
+
+def test_every_setting_the_student_datamanager_adds_decides_whether_a_run_is_reused():
+    """A datamanager setting missing from the check would let a run made without it pass as this one's (as
+    pseudo-start once did: `demo` reported an earlier default's student as today's)."""
+    own = {f.name for f in dataclasses.fields(DistilledDatamanagerConfig)}
+    inherited = {f.name for f in dataclasses.fields(PortableDatamanagerConfig)}
+    where = {"teachers", "teacher_cache_dir"}  # the teachers are compared by run; the cache folder is a place
+    assert set(SERVED_SETTINGS) == own - inherited - where
 
 
 def test_a_finished_run_made_with_other_settings_is_refused_not_reused(finished_run, tiny_scene):
