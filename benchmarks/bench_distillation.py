@@ -156,7 +156,7 @@ def main() -> None:
         scene_cameras = student.datamanager.train_dataparser_outputs.cameras
         load_or_build(Path(folder) / "cache", teacher_configs, cameras, scene_cameras, names, "mean", device)
         build = time.perf_counter() - start
-        view_bytes = sum(p.stat().st_size for p in (Path(folder) / "cache" / "views").iterdir()) / len(cameras)
+        view_bytes = sum(p.stat().st_size for p in (Path(folder) / "cache").glob("*/views/*")) / len(cameras)
         shutil.rmtree(folder, ignore_errors=True)
     rows += [
         (

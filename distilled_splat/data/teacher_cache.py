@@ -295,8 +295,8 @@ def load_or_build(
     try:
         with random_state_kept(device):
             manifest = build(folder, key, teacher_configs, cameras, scene_cameras, device)
-    except DistilledSplatError:
-        with contextlib.suppress(OSError):  # a failed first build leaves no empty cache folder behind
+    except BaseException:  # an error or an interrupt: a failed first build leaves no empty cache folder behind
+        with contextlib.suppress(OSError):
             cache_dir.rmdir()
         raise
     contents = read_contents(folder, manifest, cameras)
