@@ -26,7 +26,7 @@ from distilled_splat.models.dropout_splatfacto import DropoutSplatfactoModelConf
 from distilled_splat.models.mcmc_splatfacto import MCMCSplatfactoModelConfig
 from distilled_splat.models.perturbed_splatfacto import PerturbedSplatfactoModelConfig
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModelConfig
-from distilled_splat.schedules import FULL_RUN_STEPS, scale_to_run_length
+from distilled_splat.schedules import FULL_RUN_STEPS, scale_to_run_length, scheduled_parts
 
 
 def splat_optimizers() -> Dict[str, Any]:
@@ -83,13 +83,12 @@ class CheckedTrainerConfig(TrainerConfig):
         super().save_config()
 
     def check_events_fit(self) -> None:
-        """Refuse a run whose last step comes before one of its model's scheduled events (a prune, a window)."""
-        model, datamanager = self.pipeline.model, self.pipeline.datamanager
-        if not isinstance(model, PortableSplatfactoModelConfig):
+        """Refuse a run whose last step comes before one of its scheduled events (a prune, a window, the first
+        pseudo view)."""
+        if not isinstance(self.pipeline.model, PortableSplatfactoModelConfig):
             return
         last = self.max_num_iterations - 1
-        owners = {"model": model, **({"datamanager": datamanager} if hasattr(datamanager, "scheduled_events") else {})}
-        for owner_name, owner in owners.items():
+        for owner_name, owner in scheduled_parts(self).items():
             for name, (step, turn_off) in owner.scheduled_events().items():
                 if step > last:
                     raise DistilledSplatError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Dict
 
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
@@ -18,6 +19,14 @@ closer together than this many refinements would pause every refinement of a sho
 def in_window(step: int, start: int, stop: int, every: int) -> bool:
     """Whether ``step`` is one of ``start, start + every, ...`` up to ``stop`` inclusive."""
     return start <= step <= stop and (step - start) % every == 0
+
+
+def scheduled_parts(config: TrainerConfig) -> Dict[str, object]:
+    """The parts of ``config`` that declare step schedules, by their command-line prefix: the model, and the
+    datamanager where it has schedules of its own (the student's pseudo views)."""
+    datamanager = config.pipeline.datamanager
+    has_schedules = hasattr(datamanager, "step_schedule_fields")
+    return {"model": config.pipeline.model, **({"datamanager": datamanager} if has_schedules else {})}
 
 
 def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
@@ -42,9 +51,7 @@ def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
     model = config.pipeline.model
     reset_every_steps = model.reset_alpha_every * model.refine_every
     model.reset_alpha_every = max(MIN_REFINES_PER_RESET, round(reset_every_steps * factor / model.refine_every))
-    datamanager = config.pipeline.datamanager
-    owners = [model] + ([datamanager] if hasattr(datamanager, "step_schedule_fields") else [])
-    for owner in owners:
+    for owner in scheduled_parts(config).values():
         for name in owner.step_schedule_fields():
             if getattr(owner, name) is not None:
                 setattr(owner, name, scaled(getattr(owner, name)))
