@@ -184,7 +184,10 @@ class Frontier:
         else:
             config = recipe.run_config(contender.method.config, self.own_and_total_steps(spec.method)[0])
             if isinstance(config.pipeline.datamanager, DistilledDatamanagerConfig):
-                config = recipe.with_args(config, recipe.settings.student_args)
+                try:
+                    config = recipe.with_args(config, recipe.settings.student_args)
+                except DistilledSplatError as error:
+                    raise DistilledSplatError(f"--student-args do not fit contender {spec.method}: {error}") from error
                 teachers = contender.teachers(recipe)
                 datamanager = config.pipeline.datamanager
                 datamanager.teachers = tuple(recipe.teacher_config_path(name) for name in teachers)
@@ -221,6 +224,14 @@ class Frontier:
             **({"merges": splat_transform.find() is not None} if "cut_method: auto" in text else {}),
         }
         return hashlib.sha256((text + json.dumps(extra, sort_keys=True)).encode()).hexdigest()
+
+    def fingerprint_if_buildable(self, spec: ModelSpec) -> Optional[str]:
+        """The fingerprint, or None for a contender these settings cannot build (--student-args that do not fit
+        it): its stored results were made under other settings."""
+        try:
+            return self.fingerprint(spec)
+        except DistilledSplatError:
+            return None
 
     def teacher_fingerprint(self, name: str) -> str:
         return self.once(
@@ -384,7 +395,7 @@ class Frontier:
         for path in sorted((self.folder / "models").glob("*.json")):
             row = json.loads(path.read_text())
             spec = ModelSpec(row["method"], row["budget"], row["seed"])
-            belongs = row["method"] in CONTENDERS and row.get("fingerprint") == self.fingerprint(spec)
+            belongs = row["method"] in CONTENDERS and row.get("fingerprint") == self.fingerprint_if_buildable(spec)
             (current if belongs else other).append(row)
         key = lambda row: (row["budget"], row["method"], row["seed"])  # noqa: E731
         return sorted(current, key=key), sorted(other, key=key)

@@ -78,7 +78,15 @@ def training_settings(config: TrainerConfig) -> Dict[str, str]:
     }  # fmt: skip
 
 
-SERVED_SETTINGS = ("aggregation", "pseudo_views", "pseudo_families", "pseudo_jitter", "pseudo_share", "pseudo_start")
+SERVED_SETTINGS = (
+    "aggregation",
+    "pseudo_views",
+    "pseudo_families",
+    "pseudo_jitter",
+    "pseudo_share",
+    "pseudo_mode",
+    "pseudo_start",
+)
 
 
 def refuse_other_settings(config: TrainerConfig) -> None:

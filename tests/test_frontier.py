@@ -4,6 +4,7 @@ never mix, a killed frontier resumes, and the tables give mean and spread over s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from rich.progress import Progress
 
 from distilled_splat import splat_transform
 from distilled_splat.contenders import CONTENDERS, DEFAULT_METHODS, markdown_table
+from distilled_splat.errors import DistilledSplatError
 from distilled_splat.frontier import Frontier, FrontierSettings, ModelSpec
 from distilled_splat.frontier_report import summarise
 from distilled_splat.importance import scene_importance
@@ -378,3 +380,27 @@ def test_merge_cuts_reach_the_budget_in_equal_ratios_through_splat_transform(fro
             assert optimizer.param_groups[0]["params"][0] is model.gauss_params[name]
     train_steps(pipeline, optimizers, range(6, 10))
     assert model.num_points == budget and torch.isfinite(model.means).all()
+
+
+def test_student_args_that_do_not_fit_a_contender_stop_it_before_training_and_leave_its_rows_aside(frontier):
+    """A student setting the paper's student cannot take (a pseudo-view share without pseudo views) refuses that
+    contender up front, and the table of a frontier that does not train it puts its stored rows with the others."""
+    settings = dataclasses.replace(frontier.recipe.settings, student_args="--pipeline.datamanager.pseudo-share 0.1")
+    other = Frontier(Recipe(frontier.recipe.data, frontier.recipe.output, settings), frontier.settings)
+    paper, student = ModelSpec("student-paper", 0.25, 42), ModelSpec("student", 0.25, 42)
+    with pytest.raises(DistilledSplatError, match="--student-args do not fit contender student-paper"):
+        other.fingerprint(paper)
+    models = other.folder / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    stored = []
+    for spec, fingerprint in ((paper, frontier.fingerprint(paper)), (student, other.fingerprint(student))):
+        row = {"method": spec.method, "budget": spec.budget, "seed": spec.seed, "fingerprint": fingerprint}
+        stored.append(models / f"{spec.name}-test.json")
+        stored[-1].write_text(json.dumps(row))
+    try:
+        current, others = other.rows()
+        assert [row["method"] for row in current] == ["student"]
+        assert [row["method"] for row in others] == ["student-paper"]
+    finally:
+        for path in stored:
+            path.unlink()

@@ -90,10 +90,10 @@ def test_pseudo_views_draw_from_their_own_generator_and_are_reproducible():
     assert not torch.equal(first.camera_to_worlds, other.camera_to_worlds)
 
 
-def pseudo_student(tiny_scene, teacher_runs, cache_dir, views=6, share=0.25, **model):
+def pseudo_student(tiny_scene, teacher_runs, cache_dir, views=6, share=0.25, mode="replace", **model):
     datamanager = {
         "teachers": tuple(teacher_runs[:1]), "teacher_cache_dir": cache_dir, "pseudo_views": views,
-        "pseudo_share": share,
+        "pseudo_share": share, "pseudo_mode": mode,
     }  # fmt: skip
     return build_pipeline(distilled_splatfacto.config, tiny_scene, steps=100, datamanager=datamanager, **model)
 
@@ -164,12 +164,55 @@ def test_a_share_of_steps_trains_on_pseudo_views_against_the_aggregate_alone(tin
     torch.testing.assert_close(losses["pseudo_view_loss"], expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("views, share", [(4, 0.0), (0, 0.3), (4, 1.0), (-1, 0.2)])
-def test_pseudo_settings_that_cannot_work_are_refused(views, share):
+def test_added_pseudo_views_keep_every_photo_step_and_add_the_loss_at_the_pseudo_view(
+    tiny_scene, teacher_runs, tmp_path
+):
+    _, pipeline, _ = pseudo_student(tiny_scene, teacher_runs, tmp_path / "cache", mode="add")
+    datamanager, model = pipeline.datamanager, pipeline.model
+    batches = [datamanager.next_train(step) for step in range(100)]
+    assert not any(batch.get("pseudo_view") for _, batch in batches), "no step gives up its photo"
+    taken = [step for step, (_, batch) in enumerate(batches) if "pseudo_camera" in batch]
+    assert len(taken) == 12 and min(taken) >= model.config.cut_steps()[-1], taken
+    camera, batch = batches[taken[0]]
+    photo = datamanager.train_dataset.cameras
+    assert torch.equal(camera.camera_to_worlds, photo[int(camera.metadata["cam_idx"])].camera_to_worlds[None])
+    model.train()
+    outputs = model.get_outputs(camera)
+    photo_info = model.info
+    torch.manual_seed(0)  # the same random background for the pseudo view's render here and below
+    losses = model.get_loss_dict(outputs, batch)
+    assert model.info is photo_info, "the strategy still sees the photo's render"
+    photo_only = model.get_loss_dict(outputs, {key: value for key, value in batch.items() if "pseudo" not in key})
+    torch.testing.assert_close(losses["gt_loss"], photo_only["gt_loss"])
+    torch.manual_seed(0)
+    pseudo_outputs = model.get_outputs(batch["pseudo_camera"])
+    target = model.get_gt_img(batch["pseudo_image"])
+    target = target[..., :3] * target[..., 3:] + (1 - target[..., 3:]) * pseudo_outputs["background"]
+    rendered = pseudo_outputs["rgb"]
+    similarity = ssim(rendered.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], data_range=1.0)
+    expected = 0.8 * (rendered - target).abs().mean() + 0.2 * (1 - similarity)
+    torch.testing.assert_close(losses["pseudo_view_loss"], expected, rtol=1e-4, atol=1e-6)
+    # Its gradient reaches the Gaussians: the pseudo view trains the student too.
+    model.means.grad = None
+    losses["pseudo_view_loss"].backward()
+    assert model.means.grad is not None and model.means.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "views, share, mode", [(4, 0.0, "replace"), (0, 0.3, "replace"), (4, 1.0, "replace"), (-1, 0.2, "replace"),
+                           (4, 1.5, "add"), (0, 1.0, "add")]
+)  # fmt: skip
+def test_pseudo_settings_that_cannot_work_are_refused(views, share, mode):
     config = copy.deepcopy(distilled_splatfacto.config.pipeline.datamanager)
-    config.pseudo_views, config.pseudo_share = views, share
+    config.pseudo_views, config.pseudo_share, config.pseudo_mode = views, share, mode
     with pytest.raises(DistilledSplatError, match="pseudo"):
         config.check_pseudo_views()
+
+
+def test_added_pseudo_views_may_come_with_every_step():
+    config = copy.deepcopy(distilled_splatfacto.config.pipeline.datamanager)
+    config.pseudo_views, config.pseudo_share, config.pseudo_mode = 4, 1.0, "add"
+    config.check_pseudo_views()
 
 
 @pytest.mark.parametrize("degree", [0, 1])

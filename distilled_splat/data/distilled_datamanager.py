@@ -45,7 +45,11 @@ class DistilledDatamanagerConfig(PortableDatamanagerConfig):
     """Standard deviation of the jittered positions, in the scene's normalised units (poses fit in [-1, 1])."""
     pseudo_share: float = 0.0
     """Share of the training steps from pseudo-start on that train on a pseudo view (against the teachers'
-    aggregate alone) instead of a photo, spread evenly; LightGaussian uses 2/3."""
+    aggregate alone), spread evenly; LightGaussian uses 2/3."""
+    pseudo_mode: Literal["replace", "add"] = "replace"
+    """What a pseudo view takes the place of: 'replace' trains that step on it instead of a photo (LightGaussian,
+    share below 1); 'add' trains the step on its photo and on the pseudo view, so no photo step is given up, at
+    the cost of a second render on those steps."""
     pseudo_start: int = 0
     """First step that may take a pseudo view (30000-step units, scaled with the run like the model's schedules).
     distilled-splatfacto: its last cut (15000), so that while the student is cut the photos alone decide what it
@@ -67,8 +71,12 @@ class DistilledDatamanagerConfig(PortableDatamanagerConfig):
 
     def check_pseudo_views(self) -> None:
         self.pseudo_recipe().check()
-        if not 0 <= self.pseudo_share < 1:
-            raise DistilledSplatError(f"--pipeline.datamanager.pseudo-share must be in [0, 1), got {self.pseudo_share}")
+        adds = self.pseudo_mode == "add"  # only a step that keeps its photo may take a pseudo view every time
+        if not (0 <= self.pseudo_share <= 1 if adds else 0 <= self.pseudo_share < 1):
+            interval = "[0, 1] with pseudo-mode add" if adds else "[0, 1) with pseudo-mode replace"
+            raise DistilledSplatError(
+                f"--pipeline.datamanager.pseudo-share must be in {interval}, got {self.pseudo_share}"
+            )
         if (self.pseudo_views > 0) != (self.pseudo_share > 0):
             raise DistilledSplatError(
                 "--pipeline.datamanager.pseudo-views and --pipeline.datamanager.pseudo-share go together: views "
@@ -141,11 +149,18 @@ class DistilledDatamanager(PortableDatamanager):
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
         if self.pseudo_images and self.pseudo_steps_before(step + 1) > self.pseudo_steps_before(step):
             index = self.pseudo_order[self.pseudo_steps_before(step) % len(self.pseudo_order)]
+            pseudo_camera = self.pseudo_cameras[index : index + 1].to(self.device)
             image = self.pseudo_images[index].to(self.device)
-            # The aggregate stands in for the photo, so the model's photometric loss is against the teachers alone.
-            return self.pseudo_cameras[index : index + 1].to(self.device), {
-                "image": image, "teacher_image": image, "pseudo_view": True,
-            }  # fmt: skip
+            if self.config.pseudo_mode == "replace":
+                # The aggregate stands in for the photo, so the model's photometric loss is against the teachers
+                # alone.
+                return pseudo_camera, {"image": image, "teacher_image": image, "pseudo_view": True}
+            camera, data = self.next_photo(step)
+            data["pseudo_camera"], data["pseudo_image"] = pseudo_camera, image  # the model renders this one too
+            return camera, data
+        return self.next_photo(step)
+
+    def next_photo(self, step: int) -> Tuple[Cameras, Dict]:
         camera, data = super().next_train(step)
         data["teacher_image"] = self.teacher_images[camera.metadata["cam_idx"]].to(self.device)
         return camera, data

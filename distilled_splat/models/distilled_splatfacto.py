@@ -244,6 +244,8 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             loss_dict["pseudo_view_loss"] = loss_dict.pop("main_loss")
         else:
             loss_dict["gt_loss"] = (1 - weight) * loss_dict.pop("main_loss")
+        if "pseudo_camera" in batch:  # pseudo-mode add: this step also trains on a view no photo covers
+            loss_dict["pseudo_view_loss"] = self.pseudo_view_loss(batch["pseudo_camera"], batch["pseudo_image"])
         if "teacher_image" in batch and weight > 0 and not batch.get("pseudo_view"):
             teacher = self.teacher_target(outputs, batch)
             rendered = outputs["rgb"]
@@ -265,6 +267,15 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
                 )  # fmt: skip
             loss_dict["structure_loss"] = config.structure_weight * self.structure_loss(self.means)
         return loss_dict
+
+    def pseudo_view_loss(self, camera: Cameras, aggregate: Tensor) -> Tensor:
+        """Photometric loss of the student's render at a pseudo view against the teachers' aggregate there."""
+        photo_info, photo_size = self.info, self.last_size
+        outputs = self.get_outputs(camera)
+        # The strategy's statistics and the step's bookkeeping stay those of the photo's render.
+        self.info, self.last_size = photo_info, photo_size
+        target = self.composite_with_background(self.get_gt_img(aggregate), outputs["background"])
+        return photometric_loss(outputs["rgb"], target, self.ssim, self.config.ssim_lambda)[0]
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         metrics = super().get_metrics_dict(outputs, batch)
