@@ -135,6 +135,16 @@ def test_a_build_removes_what_killed_builds_left_and_not_what_running_ones_write
     assert running.is_dir() and not killed.exists()
 
 
+def photometric(model, outputs, aggregate):
+    """0.8 L1 + 0.2 (1 - SSIM) of the render against the aggregate composited on the render's background, written
+    out here independently of the model's loss code."""
+    target = model.get_gt_img(aggregate)
+    target = target[..., :3] * target[..., 3:] + (1 - target[..., 3:]) * outputs["background"]
+    rendered = outputs["rgb"]
+    similarity = ssim(rendered.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], data_range=1.0)
+    return 0.8 * (rendered - target).abs().mean() + 0.2 * (1 - similarity)
+
+
 def test_a_share_of_steps_trains_on_pseudo_views_against_the_aggregate_alone(tiny_scene, teacher_runs, tmp_path):
     _, pipeline, _ = pseudo_student(tiny_scene, teacher_runs, tmp_path / "cache")
     datamanager, model = pipeline.datamanager, pipeline.model
@@ -156,11 +166,7 @@ def test_a_share_of_steps_trains_on_pseudo_views_against_the_aggregate_alone(tin
     outputs = model.get_outputs(camera)
     losses = model.get_loss_dict(outputs, batch)
     assert "gt_loss" not in losses and "distill_loss" not in losses
-    target = model.get_gt_img(batch["teacher_image"])
-    target = target[..., :3] * target[..., 3:] + (1 - target[..., 3:]) * outputs["background"]
-    rendered = outputs["rgb"]
-    similarity = ssim(rendered.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], data_range=1.0)
-    expected = 0.8 * (rendered - target).abs().mean() + 0.2 * (1 - similarity)
+    expected = photometric(model, outputs, batch["teacher_image"])
     torch.testing.assert_close(losses["pseudo_view_loss"], expected, rtol=1e-4, atol=1e-6)
 
 
@@ -186,11 +192,7 @@ def test_added_pseudo_views_keep_every_photo_step_and_add_the_loss_at_the_pseudo
     torch.testing.assert_close(losses["gt_loss"], photo_only["gt_loss"])
     torch.manual_seed(0)
     pseudo_outputs = model.get_outputs(batch["pseudo_camera"])
-    target = model.get_gt_img(batch["pseudo_image"])
-    target = target[..., :3] * target[..., 3:] + (1 - target[..., 3:]) * pseudo_outputs["background"]
-    rendered = pseudo_outputs["rgb"]
-    similarity = ssim(rendered.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], data_range=1.0)
-    expected = 0.8 * (rendered - target).abs().mean() + 0.2 * (1 - similarity)
+    expected = photometric(model, pseudo_outputs, batch["pseudo_image"])
     torch.testing.assert_close(losses["pseudo_view_loss"], expected, rtol=1e-4, atol=1e-6)
     # Its gradient reaches the Gaussians: the pseudo view trains the student too.
     model.means.grad = None
