@@ -57,11 +57,12 @@ def pipeline_of(frontier: Frontier, method: str, budget: float = 0.25, **model_s
 
 CUTS_8 = (0, 3, 6, 9, 11, 14, 17, 20)
 """Eight cuts evenly over the first half of a 40-step run."""
-NO_PSEUDO, PSEUDO = (0, 0.0, "replace"), (64, 0.2, "add")
+NO_PSEUDO = (0, 0.0, "replace", ("interpolated", "jittered"))
+PSEUDO = (64, 0.2, "add", ("interpolated",))
 # Each contender as the README declares it, at 40 teacher steps, 40 student steps, compute matched. Columns: what
 # it starts from, the teachers it builds on, own and total steps, the nerfstudio method, then the model and
 # datamanager settings that make it: (init, cut steps, cut method, importance, first cut keep, distill weight,
-# structure weight, (pseudo views, share, mode), cap, SH degree, densification stop, starts from the decimated checkpoint).
+# structure weight, (pseudo views, share, mode, families), cap, SH degree, densification stop, starts from the decimated checkpoint).
 EXPECTED = {
     "student": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
                 ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0, False)),
@@ -101,7 +102,9 @@ def built_settings(config, frontier: Frontier) -> tuple:
 
     pseudo = None
     if hasattr(datamanager, "pseudo_views"):
-        pseudo = (datamanager.pseudo_views, datamanager.pseudo_share, datamanager.pseudo_mode)
+        pseudo = (
+            datamanager.pseudo_views, datamanager.pseudo_share, datamanager.pseudo_mode, datamanager.pseudo_families
+        )  # fmt: skip
     cuts = model.cut_steps() if hasattr(model, "cut_steps") else None
     decimated = str(frontier.decimated_checkpoint(0.25))
     return (

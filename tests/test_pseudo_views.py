@@ -248,8 +248,10 @@ def test_the_registered_student_distils_by_default():
     config = distilled_splatfacto.config
     model, datamanager = config.pipeline.model, config.pipeline.datamanager
     assert datamanager.pseudo_views > 0 and 0 < datamanager.pseudo_share < 1 and datamanager.pseudo_mode == "add"
+    assert datamanager.pseudo_families == ("interpolated",)
     assert model.structure_weight > 0 and model.init == "teacher" and model.budget_cuts > 1
     plain = without_distillation(copy.deepcopy(config))
     assert (plain.pipeline.datamanager.pseudo_share, plain.pipeline.model.structure_weight) == (0, 0)
-    assert plain.pipeline.datamanager.pseudo_mode == "replace", "the field's default: nothing left that could matter"
+    fields_defaults = (plain.pipeline.datamanager.pseudo_mode, plain.pipeline.datamanager.pseudo_families)
+    assert fields_defaults == ("replace", ("interpolated", "jittered")), "nothing left that could matter"
     assert plain.pipeline.model.distill_weight == 0

@@ -40,7 +40,7 @@ class DistilledDatamanagerConfig(PortableDatamanagerConfig):
     pseudo_families: Tuple[PseudoFamily, ...] = ("interpolated", "jittered")
     """Kinds of pseudo view, taking turns: 'interpolated' (between a training camera and its nearest neighbour,
     position interpolated, rotation slerped) and 'jittered' (a training camera moved by N(0, pseudo-jitter^2) per
-    axis)."""
+    axis). distilled-splatfacto: interpolated (jittered ones too cost 0.05 dB on the demo scene at 40%, README)."""
     pseudo_jitter: float = 0.05
     """Standard deviation of the jittered positions, in the scene's normalised units (poses fit in [-1, 1])."""
     pseudo_share: float = 0.0
