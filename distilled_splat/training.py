@@ -14,6 +14,7 @@ import torch
 import yaml
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.utils import writer as event_writers
 
 from distilled_splat.data.datamanager import require_device
 from distilled_splat.errors import DistilledSplatError
@@ -128,17 +129,31 @@ def train(config: TrainerConfig, on_step: Optional[Callable[[int], None]] = None
         trainer_config.load_dir = config.get_checkpoint_dir()
         trainer_config.max_num_iterations = config.max_num_iterations - resume_step - 1
     _set_random_seed(config.machine.seed)
+    writers_before = len(event_writers.EVENT_WRITERS)
     trainer = trainer_config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    if on_step is not None:
-        trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], on_step))
     try:
-        trainer.train()
-    except DistilledSplatError as err:
-        last = latest_resumable_step(config)
-        where = "none" if last is None else str(config.get_checkpoint_dir() / f"step-{last:09d}.ckpt")
-        raise DistilledSplatError(f"{config.method_name}: {err}; last good checkpoint: {where}") from None
+        trainer.setup()
+        if on_step is not None:
+            trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], on_step))
+        try:
+            trainer.train()
+        except DistilledSplatError as err:
+            last = latest_resumable_step(config)
+            where = "none" if last is None else str(config.get_checkpoint_dir() / f"step-{last:09d}.ckpt")
+            raise DistilledSplatError(f"{config.method_name}: {err}; last good checkpoint: {where}") from None
+    finally:
+        close_event_writers_since(writers_before)
     return config_path
+
+
+def close_event_writers_since(count: int) -> None:
+    """Close and forget the event writers a training added to nerfstudio's module-wide list. Left there, every later
+    training in the same process (a frontier, a benchmark) would also log into this run's files, and re-create
+    them after this run's folder is gone."""
+    for event_writer in event_writers.EVENT_WRITERS[count:]:
+        if isinstance(event_writer, event_writers.TensorboardWriter):
+            event_writer.tb_writer.close()
+    del event_writers.EVENT_WRITERS[count:]
 
 
 def gaussian_count(config: TrainerConfig) -> int:

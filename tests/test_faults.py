@@ -122,3 +122,21 @@ def test_torn_checkpoint_is_never_trusted(tiny_scene, tmp_path):
     train_run(distilled_teacher.config, tiny_scene, tmp_path, 20)  # trains again instead of trusting it
     assert is_complete_checkpoint(checkpoint)
     assert torch.load(checkpoint, map_location="cpu")["step"] == 19
+
+
+def test_a_later_training_in_the_same_process_leaves_a_finished_run_alone(tiny_scene, tmp_path):
+    """nerfstudio keeps every run's event writers in one module-wide list: a frontier or a benchmark that trains
+    several models in one process must not log a later model into an earlier run's files (nor re-create them
+    once that run's folder is gone, which made the training-time benchmark fail to clean up)."""
+    from nerfstudio.utils import writer as event_writers
+
+    writers = len(event_writers.EVENT_WRITERS)
+    first = train_run(distilled_teacher.config, tiny_scene, tmp_path, 2, timestamp="first").parent
+    sizes = {path: path.stat().st_size for path in first.glob("events.out.tfevents.*")}
+    assert sizes and len(event_writers.EVENT_WRITERS) == writers
+    train_run(distilled_teacher.config, tiny_scene, tmp_path, 2, timestamp="second")
+    for event_writer in event_writers.EVENT_WRITERS:  # anything still listed would now write what it holds
+        if isinstance(event_writer, event_writers.TensorboardWriter):
+            event_writer.tb_writer.flush()
+    assert len(event_writers.EVENT_WRITERS) == writers
+    assert {path: path.stat().st_size for path in first.glob("events.out.tfevents.*")} == sizes
