@@ -83,9 +83,11 @@ class RecipeSettings:
     target_gaussians: Optional[int] = None
     """Student budget as a number of Gaussians (overrides --target-fraction)."""
     teacher_args: str = ""
-    """Extra ns-train arguments for every teacher, e.g. --teacher-args="--pipeline.model.sh-degree 2"."""
+    """Extra ns-train arguments for every teacher, e.g. --teacher-args="--pipeline.model.sh-degree 2". Applied after
+    the schedule is scaled to --steps: step numbers in them are taken as given."""
     student_args: str = ""
-    """Extra ns-train arguments for the student, e.g. --student-args="--pipeline.model.structure-mode joint"."""
+    """Extra ns-train arguments for the student, e.g. --student-args="--pipeline.model.structure-mode joint". Applied
+    after the schedule is scaled to --student-steps: step numbers in them are taken as given."""
     seed: int = 42
     """Random seed of every model."""
     recipe: StudentRecipe = "gradual"
