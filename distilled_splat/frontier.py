@@ -160,7 +160,7 @@ class Frontier:
         return sorted(dict.fromkeys(specs), key=lambda spec: CONTENDERS[spec.method].trains)
 
     def vanilla_config(self) -> TrainerConfig:
-        return self.recipe.method_config("vanilla")
+        return self.teacher_config("vanilla")
 
     def budget_count(self, budget: float) -> int:
         return max(1, round(budget * self.vanilla_count()))
@@ -190,7 +190,9 @@ class Frontier:
                     raise DistilledSplatError(f"--student-args do not fit contender {spec.method}: {error}") from error
                 teachers = contender.teachers(recipe)
                 datamanager = config.pipeline.datamanager
-                datamanager.teachers = tuple(recipe.teacher_config_path(name) for name in teachers)
+                datamanager.teachers = tuple(
+                    self.teacher_config(name).get_base_dir() / "config.yml" for name in teachers
+                )
                 datamanager.teacher_cache_dir = recipe.runs / "frontier" / "teacher-cache" / "+".join(teachers)
                 config.pipeline.model.target_fraction, config.pipeline.model.target_gaussians = spec.budget, None
         setup = Setup(self.budget_count(spec.budget), lambda: str(self.decimated_checkpoint(spec.budget)))
@@ -234,9 +236,7 @@ class Frontier:
             return None
 
     def teacher_fingerprint(self, name: str) -> str:
-        return self.once(
-            ("teacher", name), lambda: file_fingerprint(last_step_checkpoint(self.recipe.method_config(name)))
-        )
+        return self.once(("teacher", name), lambda: file_fingerprint(last_step_checkpoint(self.teacher_config(name))))
 
     def stem(self, spec: ModelSpec) -> str:
         """The model's name and the start of its fingerprint: its run folder and result file are named so."""
@@ -267,8 +267,9 @@ class Frontier:
         return [name for name in TEACHER_METHODS if name in needed]
 
     def teacher_config(self, name: str) -> TrainerConfig:
-        """A teacher keeps the seed of the run that trained it (the folder's recipe.json): --seed only sets the
-        contenders' first seed, so `--seed 43` adds seeds on the same teachers."""
+        """The one place a frontier builds a teacher's config (to train it, find its checkpoint, count it, point
+        students at it). A teacher keeps the seed of the run that trained it (the folder's recipe.json): --seed
+        only sets the contenders' first seed, so `--seed 43` adds seeds on the same teachers."""
         config = self.recipe.method_config(name)
         if (self.recipe.output / "recipe.json").is_file():
             config.machine.seed = Recipe.load(self.recipe.output).settings.seed

@@ -38,13 +38,13 @@ def summarise(rows: List[Dict]) -> List[Dict]:
             {
                 "method": method, "budget": budget, "seeds": len(group), "start": group[0].get("start"),
                 "num_gaussians": round(statistics.fmean(row["num_gaussians"] for row in group)),
-                "spz_bytes": round(statistics.fmean(row["spz_bytes"] for row in group)),
+                "spz_bytes": statistics.fmean(row["spz_bytes"] for row in group),
                 "own_steps": group[0].get("own_steps"), "total_steps": group[0].get("total_steps"),
-                # PSNR unrounded: the tables print it to 0.01 dB, and rounding twice can move it by 0.01.
+                # Means unrounded: the tables round once, to what they print; rounding twice can move a value.
                 "psnr": psnr, "psnr_std": psnr_std,
                 "ssim": round(ssim, 4), "ssim_std": round(ssim_std, 4),
-                "train_seconds": round(statistics.fmean(row["train_seconds"] for row in group), 1),
-                "train_seconds_total": None if seconds_total is None else round(seconds_total, 1),
+                "train_seconds": statistics.fmean(row["train_seconds"] for row in group),
+                "train_seconds_total": seconds_total,
             }
         )  # fmt: skip
     return summary

@@ -330,7 +330,7 @@ def test_summary_gives_mean_and_sample_spread_per_method_and_budget():
     assert {key: round(value, 4) if isinstance(value, float) else value for key, value in summary[2].items()} == {
         "method": "a", "budget": 0.1, "seeds": 3, "start": "teacher", "num_gaussians": 11, "spz_bytes": 101,
         "own_steps": 10, "total_steps": 20, "psnr": 21.0667, "psnr_std": 1.1015, "ssim": 0.6333, "ssim_std": 0.1528,
-        "train_seconds": 2.3, "train_seconds_total": 7.3,
+        "train_seconds": 2.3333, "train_seconds_total": 7.3333,
     }  # fmt: skip
     assert summary[1]["psnr_std"] == 0.0 and summary[1]["seeds"] == 1
     assert summary[1]["train_seconds_total"] is None, "a total unknown for any seed is unknown, not averaged away"
@@ -339,6 +339,9 @@ def test_summary_gives_mean_and_sample_spread_per_method_and_budget():
     # Two seeds of the 4000-step demo frontier: mean 31.4154 dB, which a mean rounded first to 31.415 printed as 31.41.
     close = summarise([row("d", 0.1, 0, 31.3806, 0.9, 1.0), row("d", 0.1, 1, 31.4503, 0.9, 1.0)])
     assert "| 31.42 ± 0.05 |" in "\n".join(table(close)), "the table rounds the mean once"
+    # 869.46 s, rounded first to 869.5, printed as 870 (round half to even).
+    slow = summarise([row("e", 0.1, 0, 30.0, 0.9, 869.46, 1869.46)])
+    assert "| 869 / 1869 |" in "\n".join(table(slow)), "the table rounds train seconds once"
 
 
 def test_readme_lists_exactly_the_declared_contenders():
