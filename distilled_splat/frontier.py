@@ -190,9 +190,7 @@ class Frontier:
                     raise DistilledSplatError(f"--student-args do not fit contender {spec.method}: {error}") from error
                 teachers = contender.teachers(recipe)
                 datamanager = config.pipeline.datamanager
-                datamanager.teachers = tuple(
-                    self.teacher_config(name).get_base_dir() / "config.yml" for name in teachers
-                )
+                datamanager.teachers = tuple(recipe.teacher_config_path(name) for name in teachers)
                 datamanager.teacher_cache_dir = recipe.runs / "frontier" / "teacher-cache" / "+".join(teachers)
                 config.pipeline.model.target_fraction, config.pipeline.model.target_gaussians = spec.budget, None
         setup = Setup(self.budget_count(spec.budget), lambda: str(self.decimated_checkpoint(spec.budget)))
@@ -267,8 +265,8 @@ class Frontier:
         return [name for name in TEACHER_METHODS if name in needed]
 
     def teacher_config(self, name: str) -> TrainerConfig:
-        """The one place a frontier builds a teacher's config (to train it, find its checkpoint, count it, point
-        students at it). A teacher keeps the seed of the run that trained it (the folder's recipe.json): --seed
+        """The one place a frontier builds a teacher's config (to train it, find its checkpoint, count it; its
+        folder, where students find it, does not depend on the seed). A teacher keeps the seed of the run that trained it (the folder's recipe.json): --seed
         only sets the contenders' first seed, so `--seed 43` adds seeds on the same teachers."""
         config = self.recipe.method_config(name)
         if (self.recipe.output / "recipe.json").is_file():
