@@ -154,8 +154,8 @@ class Frontier:
                 if few is not None and contender.start != "points" and seed >= first + few:
                     continue
                 if CONTENDERS[method].start == "teacher-ply" and method != "decimated":
-                    specs.append(ModelSpec("decimated", budget, first))  # what it starts from
-                specs.append(ModelSpec(method, budget, seed))
+                    specs.append(ModelSpec("decimated", budget, self.teacher_seed()))  # what it starts from
+                specs.append(ModelSpec(method, budget, seed if contender.seed_matters else self.teacher_seed()))
         # Decimated teachers first: their fine-tuned contenders start from them.
         return sorted(dict.fromkeys(specs), key=lambda spec: CONTENDERS[spec.method].trains)
 
@@ -197,11 +197,11 @@ class Frontier:
         contender.settings(config, setup)
         config.output_dir = recipe.runs
         config.experiment_name = "frontier"
-        config.machine.seed = spec.seed if contender.seed_matters else recipe.settings.seed
+        config.machine.seed = spec.seed if contender.seed_matters else self.teacher_seed()
         return config
 
     def decimated_checkpoint(self, budget: float) -> Path:
-        return last_step_checkpoint(self.model_config(ModelSpec("decimated", budget, self.recipe.settings.seed)))
+        return last_step_checkpoint(self.model_config(ModelSpec("decimated", budget, self.teacher_seed())))
 
     def fingerprint(self, spec: ModelSpec) -> str:
         """sha256 of everything that decides the model: its config after scaling (paths inside the output folder
@@ -269,9 +269,16 @@ class Frontier:
         folder, where students find it, does not depend on the seed). A teacher keeps the seed of the run that trained it (the folder's recipe.json): --seed
         only sets the contenders' first seed, so `--seed 43` adds seeds on the same teachers."""
         config = self.recipe.method_config(name)
-        if (self.recipe.output / "recipe.json").is_file():
-            config.machine.seed = Recipe.load(self.recipe.output).settings.seed
+        config.machine.seed = self.teacher_seed()
         return config
+
+    def teacher_seed(self) -> int:
+        """The seed of the run that trained this folder's teachers (its recipe.json; --seed before there is one).
+        A model nothing random goes into (a decimated teacher) is made once, under this seed, whatever --seed
+        the frontier's contenders start at."""
+        if (self.recipe.output / "recipe.json").is_file():
+            return Recipe.load(self.recipe.output).settings.seed
+        return self.recipe.settings.seed
 
     def train_teachers(self, progress: Progress) -> None:
         for name in self.teachers_needed():

@@ -360,6 +360,26 @@ def test_seeds_go_where_they_matter(frontier):
     assert seeds["decimated"] == [42] and specs[0].method == "decimated", "made first, for what starts from it"
 
 
+def test_later_seeds_reuse_the_one_decimated_teacher(frontier):
+    """`--seed 43` adds seeds on the same teachers; the decimated teacher, nothing random in it, is not made again
+    under the new seed's name."""
+    if not (frontier.recipe.output / "recipe.json").is_file():
+        frontier.recipe.save()  # what `run` and `frontier` write: the teachers' seed
+    settings = dataclasses.replace(frontier.recipe.settings, seed=43)
+    later = Frontier(
+        Recipe(frontier.recipe.data, frontier.recipe.output, settings),
+        FrontierSettings(methods=("decimated-finetuned", "decimated"), budgets=(0.25,), seeds=2),
+    )
+    assert [(spec.method, spec.seed) for spec in later.specs()] == [
+        ("decimated", 42),
+        ("decimated-finetuned", 43),
+        ("decimated-finetuned", 44),
+    ]
+    decimated = ModelSpec("decimated", 0.25, 42)
+    assert later.stem(decimated) == frontier.stem(decimated), "the same decimated teacher, the same fingerprint"
+    assert later.model_config(ModelSpec("decimated-finetuned", 0.25, 43)).machine.seed == 43
+
+
 def test_merge_cuts_reach_the_budget_in_equal_ratios_through_splat_transform(frontier):
     """With cut-method merge, each cut is the model merged by splat-transform down to that cut's count, and the
     optimiser goes on with the merged Gaussians."""
