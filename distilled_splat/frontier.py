@@ -141,7 +141,7 @@ class Frontier:
 
     def specs(self) -> List[ModelSpec]:
         """Every model this frontier trains, seed by seed (an interrupted frontier has each at least once first)."""
-        settings, first = self.settings, self.recipe.settings.seed
+        settings, first, teacher_seed = self.settings, self.recipe.settings.seed, self.teacher_seed()
         specs = []
         for seed in range(first, first + settings.seeds):
             planned = [(m, b) for b in settings.budgets for m in settings.methods]
@@ -154,8 +154,8 @@ class Frontier:
                 if few is not None and contender.start != "points" and seed >= first + few:
                     continue
                 if CONTENDERS[method].start == "teacher-ply" and method != "decimated":
-                    specs.append(ModelSpec("decimated", budget, self.teacher_seed()))  # what it starts from
-                specs.append(ModelSpec(method, budget, seed if contender.seed_matters else self.teacher_seed()))
+                    specs.append(ModelSpec("decimated", budget, teacher_seed))  # what it starts from
+                specs.append(ModelSpec(method, budget, seed if contender.seed_matters else teacher_seed))
         # Decimated teachers first: their fine-tuned contenders start from them.
         return sorted(dict.fromkeys(specs), key=lambda spec: CONTENDERS[spec.method].trains)
 
@@ -266,16 +266,19 @@ class Frontier:
 
     def teacher_config(self, name: str) -> TrainerConfig:
         """The one place a frontier builds a teacher's config (to train it, find its checkpoint, count it; its
-        folder, where students find it, does not depend on the seed). A teacher keeps the seed of the run that trained it (the folder's recipe.json): --seed
-        only sets the contenders' first seed, so `--seed 43` adds seeds on the same teachers."""
+        folder, where students find it, does not depend on the seed), under the teachers' seed."""
         config = self.recipe.method_config(name)
         config.machine.seed = self.teacher_seed()
         return config
 
     def teacher_seed(self) -> int:
-        """The seed of the run that trained this folder's teachers (its recipe.json; --seed before there is one).
-        A model nothing random goes into (a decimated teacher) is made once, under this seed, whatever --seed
-        the frontier's contenders start at."""
+        """The seed of the run that trained this folder's teachers (its recipe.json; --seed before there is one,
+        which is what this frontier then writes there). --seed only sets the contenders' first seed, so `--seed 43`
+        adds seeds on the same teachers, and a model nothing random goes into (a decimated teacher) is made once,
+        under this seed."""
+        return self.once(("teacher seed",), self.read_teacher_seed)
+
+    def read_teacher_seed(self) -> int:
         if (self.recipe.output / "recipe.json").is_file():
             return Recipe.load(self.recipe.output).settings.seed
         return self.recipe.settings.seed
