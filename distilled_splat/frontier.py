@@ -11,7 +11,6 @@ resumes a run made under different ones.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import tempfile
@@ -32,10 +31,10 @@ from typing_extensions import Annotated
 from distilled_splat import splat_transform
 from distilled_splat.contenders import CONTENDERS, DEFAULT_ABLATIONS, DEFAULT_METHODS, Compute, ContenderName, Setup
 from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfig
-from distilled_splat.data.scene_inputs import declared_point_cloud, find_scene, read_frames
 from distilled_splat.decimation import decimate_gaussians, gaussians_from_ply
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exporters import read_3dgs_ply
+from distilled_splat.fingerprints import combined_fingerprint, fingerprint_parts
 from distilled_splat.frontier_report import write_frontier
 from distilled_splat.recipe import TEACHER_METHODS, Recipe
 from distilled_splat.teachers import fingerprint as file_fingerprint
@@ -104,21 +103,6 @@ class FrontierSettings:
             or (self.teacher_started_seeds is not None and self.teacher_started_seeds < 1)
         ):
             raise DistilledSplatError("--seeds, --teacher-started-seeds and --jobs must be positive")
-
-
-def scene_fingerprint(data: Path) -> str:
-    """sha256 of the scene's camera files and point cloud, and of its image files' names and sizes."""
-    scene = find_scene(data)
-    digest = hashlib.sha256()
-    cameras = [scene.transforms] if scene.kind == "transforms" else sorted((scene.root / scene.colmap_model).iterdir())
-    points = declared_point_cloud(scene)
-    for path in [*cameras, *([points] if points is not None else [])]:
-        if path is not None and path.is_file():
-            digest.update(path.name.encode() + file_fingerprint(path).encode())
-    for frame in read_frames(scene):
-        size = frame.image.stat().st_size if frame.image.is_file() else -1
-        digest.update(f"{frame.image.name}:{size}".encode())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -210,20 +194,16 @@ class Frontier:
         return self.once(("fingerprint", spec), lambda: self.compute_fingerprint(spec))
 
     def compute_fingerprint(self, spec: ModelSpec) -> str:
-        config = self.base_config(spec)
-        text = yaml.dump(config).replace(str(self.recipe.output.resolve()), "<output>")
-        text = text.replace(str(self.recipe.data.resolve()), "<scene>")
-        contender = CONTENDERS[spec.method]
+        config, contender = self.base_config(spec), CONTENDERS[spec.method]
         extra = {
-            "scene": self.once(("scene",), lambda: scene_fingerprint(self.recipe.data.resolve())),
             "teachers": {name: self.teacher_fingerprint(name) for name in contender.teachers_used(self.recipe)},
-            "splat_transform": splat_transform.VERSION if contender.start == "teacher-ply" else None,
+            "splat_transform": splat_transform.installed_version() if contender.start == "teacher-ply" else None,
             # A model made without training has nothing in its config that tells its budget.
             **({} if contender.trains else {"decimated_to": self.budget_count(spec.budget)}),
             # cut-method auto merges only where splat-transform is installed.
-            **({"merges": splat_transform.find() is not None} if "cut_method: auto" in text else {}),
+            **({"merges": splat_transform.find() is not None} if "cut_method: auto" in yaml.dump(config) else {}),
         }
-        return hashlib.sha256((text + json.dumps(extra, sort_keys=True)).encode()).hexdigest()
+        return combined_fingerprint(fingerprint_parts(config), extra)
 
     def fingerprint_if_buildable(self, spec: ModelSpec) -> Optional[str]:
         """The fingerprint, or None for a contender these settings cannot build (--student-args that do not fit
@@ -431,7 +411,7 @@ def decimate_run(source: TrainerConfig, count: int, target: TrainerConfig) -> in
     target.get_base_dir().mkdir(parents=True, exist_ok=True)
     target.save_config()
     write_atomically(last_step_checkpoint(target), lambda path: torch.save(checkpoint, path))
-    return len(decimated)
+    return gaussian_count(target)
 
 
 def train_in_worker(frontier: Frontier, spec: ModelSpec, jobs: int) -> Dict:

@@ -194,8 +194,10 @@ def write_frontier(frontier: "Frontier", rows: List[Dict]) -> str:
         "settings": frontier.settings_record(),
         "frontier": {name: getattr(frontier.settings, name) for name in frontier.settings.__dataclass_fields__},
         "vanilla_teacher": vanilla,
-        "models_planned": len(frontier.specs()),
-        "models_finished": frontier.finished_count(),
+        # The plan of the command that wrote this file; "rows" holds every model of these settings the folder has,
+        # whichever command made it.
+        "this_command": {"models_planned": len(frontier.specs()), "models_finished": frontier.finished_count()},
+        "rows_count": len(rows),
         "unavailable": frontier.unavailable,
         "rows": rows,
         "summary": summary,

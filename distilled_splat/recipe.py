@@ -20,7 +20,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distilled_splat import splat_transform
-from distilled_splat.data.datamanager import say_once, scene_notes
+from distilled_splat.data.datamanager import scene_notes
 from distilled_splat.data.scene_checks import check_frames
 from distilled_splat.data.scene_inputs import dataparser_for, find_scene
 from distilled_splat.errors import DistilledSplatError
@@ -31,6 +31,7 @@ from distilled_splat.method_configs import (
     distilled_teacher_dropout,
     distilled_teacher_noise,
 )
+from distilled_splat.notices import say_once
 from distilled_splat.schedules import scale_to_run_length
 from distilled_splat.training import (
     evaluate,
@@ -231,9 +232,11 @@ class Recipe:
         )
         for note in scene_notes(checked):
             say_once(note)
-        self.save()
         models = self.models()
         configs = {name: self.method_config(name) for name in models}
+        for config in configs.values():
+            refuse_other_settings(config)  # before recipe.json says these settings made this folder's models
+        self.save()
         unused = [name for name in self.teachers() if name != "vanilla"]
         student = configs[STUDENT].pipeline
         if unused and student.model.distill_weight == 0 and student.datamanager.pseudo_share == 0:
@@ -272,6 +275,9 @@ class Recipe:
         if is_trained(config):
             progress.console.print(f"{name}: already trained, skipped")
             return
+        # What was evaluated or exported from an earlier model of this name is not this model's.
+        for path in [self.eval_path(name), self.ply_path(name), *(self.export_path(name, f) for f in COMPACT_FORMATS)]:
+            path.unlink(missing_ok=True)
         task = progress.add_task(f"training {name}", total=config.max_num_iterations)
         started = time.perf_counter()
         train(config, on_step=lambda step: progress.update(task, completed=step + 1))

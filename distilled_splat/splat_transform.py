@@ -3,6 +3,7 @@ decimation, SOG and the single-file HTML viewer. ``scripts/setup.sh`` installs i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.notices import say_once
 
 VERSION = "2.7.1"
-"""The version setup installs (and the one this package's uses are checked with)."""
+"""The version setup installs and this package's uses are checked with (the fingerprint records the installed one:
+:func:`installed_version`)."""
 HOW_TO_GET = (
     "splat-transform was not found: ./scripts/setup.sh installs it where npm exists "
     f"(npm install --prefix .venv/node @playcanvas/splat-transform@{VERSION}), or put it on PATH"
@@ -33,6 +36,24 @@ def find() -> Optional[Path]:
         return beside
     found = shutil.which("splat-transform")
     return Path(found) if found else None
+
+
+def installed_version() -> str:
+    """The version of the splat-transform that :func:`find` finds (from its package.json), 'unknown' where that
+    cannot be read, 'missing' where there is none; a version other than :data:`VERSION` is said once."""
+    executable = find()
+    if executable is None:
+        return "missing"
+    version = "unknown"
+    for folder in list(executable.resolve().parents)[:3]:
+        try:
+            version = json.loads((folder / "package.json").read_text())["version"]
+            break
+        except (OSError, ValueError, KeyError):
+            continue
+    if version != VERSION:
+        say_once(f"splat-transform {version} is installed at {executable}; this package is checked with {VERSION}")
+    return version
 
 
 def require() -> Path:

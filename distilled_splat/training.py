@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 import torch
-import yaml
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils import writer as event_writers
 
 from distilled_splat.data.datamanager import require_device
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.fingerprints import FINGERPRINT_FILE, fingerprint_parts, read_recorded_parts
 from distilled_splat.teachers import checkpoint_steps, read_config
 
 if TYPE_CHECKING:
@@ -67,42 +67,26 @@ def latest_resumable_step(config: TrainerConfig) -> Optional[int]:
     return None
 
 
-def training_settings(config: TrainerConfig) -> Dict[str, str]:
-    """What decides how a run trains, part by part: the model's settings, the optimisers, the length, the seed and
-    what the datamanager serves besides the photos (teachers' renders, pseudo views)."""
-    datamanager = config.pipeline.datamanager
-    served = {name: getattr(datamanager, name, None) for name in SERVED_SETTINGS}
-    served["teachers"] = ["/".join(Path(teacher).parts[-3:-1]) for teacher in getattr(datamanager, "teachers", ())]
-    return {
-        "model": yaml.dump(config.pipeline.model), "optimiser": yaml.dump(config.optimizers),
-        "length": str(config.max_num_iterations), "seed": str(config.machine.seed), "datamanager": yaml.dump(served),
-    }  # fmt: skip
-
-
-SERVED_SETTINGS = (
-    "aggregation",
-    "pseudo_views",
-    "pseudo_families",
-    "pseudo_jitter",
-    "pseudo_share",
-    "pseudo_mode",
-    "pseudo_start",
-)
-
-
-def refuse_other_settings(config: TrainerConfig) -> None:
-    """A run folder that already holds a run made with other settings is never taken (finished) or continued
-    (interrupted) as this one: that would report a model these settings did not make."""
-    saved_path = run_dir(config) / "config.yml"
-    if not saved_path.is_file():
-        return
-    saved, wanted = training_settings(read_config(saved_path)), training_settings(config)
-    differing = [part for part, text in wanted.items() if saved[part] != text]
+def refuse_other_settings(config: TrainerConfig) -> Dict[str, str]:
+    """A run folder that already holds a run made with other settings, on another scene or from other teachers'
+    checkpoints is never taken (finished) or continued (interrupted) as this one: that would report a model these
+    settings did not make. Returns ``config``'s fingerprint parts (taken before nerfstudio saves and changes it)."""
+    wanted = fingerprint_parts(config)
+    if not (run_dir(config) / "config.yml").is_file():
+        return wanted
+    recorded = read_recorded_parts(run_dir(config))
+    if recorded is None:
+        raise DistilledSplatError(
+            f"{run_dir(config)} holds a run that records no {FINGERPRINT_FILE} (an earlier version made it), so it "
+            "cannot be told from a run with other settings: use another --output, or delete that folder"
+        )
+    differing = [part for part, value in wanted.items() if recorded.get(part) != value]
     if differing:
         raise DistilledSplatError(
-            f"{run_dir(config)} holds a run made with another {' and '.join(differing)} setting than this one (an "
-            "earlier version's defaults, or other options): use another --output, or delete that folder"
+            f"{run_dir(config)} holds a run made with other {' and '.join(differing)} than this one (other options, "
+            "another scene or other teachers): use another --output, or delete that folder"
         )
+    return wanted
 
 
 def train(config: TrainerConfig, on_step: Optional[Callable[[int], None]] = None) -> Path:
@@ -114,12 +98,14 @@ def train(config: TrainerConfig, on_step: Optional[Callable[[int], None]] = None
     from nerfstudio.scripts.train import _set_random_seed
 
     config_path = run_dir(config) / "config.yml"
-    refuse_other_settings(config)
+    parts = refuse_other_settings(config)
     if is_trained(config):
         return config_path
     resume_step = latest_resumable_step(config)
     if resume_step is None:
         shutil.rmtree(run_dir(config), ignore_errors=True)
+        run_dir(config).mkdir(parents=True)
+        write_atomically(run_dir(config) / FINGERPRINT_FILE, lambda path: path.write_text(json.dumps(parts, indent=1)))
         config.save_config()  # checks inputs and fits schedules first (CheckedTrainerConfig)
         trainer_config = config
     else:

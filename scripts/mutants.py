@@ -112,8 +112,8 @@ MUTANTS = {
     ),
     "teacher cache build draws from the student's random stream": (
         "distilled_splat/data/teacher_cache.py",
-        "    with random_state_kept(device):\n        manifest = build(",
-        "    if True:\n        manifest = build(",
+        "        with random_state_kept(device):\n            manifest = build(",
+        "        if True:\n            manifest = build(",
         "tests/test_student.py::test_building_the_cache_draws_no_random_numbers",
     ),
     "frontier retrains finished models": (
@@ -248,15 +248,39 @@ MUTANTS = {
     ),
     "frontier results keyed without the config": (
         "distilled_splat/frontier.py",
-        '        text = yaml.dump(config).replace(str(self.recipe.output.resolve()), "<output>")',
-        '        text = ""',
+        "        return combined_fingerprint(fingerprint_parts(config), extra)",
+        "        return combined_fingerprint({}, extra)",
         "tests/test_frontier.py::test_other_settings_train_anew_and_never_show_in_the_new_table",
     ),
     "a run made with other settings reused": (
         "distilled_splat/training.py",
-        "    if not saved_path.is_file():\n        return",
-        "    if True:\n        return",
+        "    differing = [part for part, value in wanted.items() if recorded.get(part) != value]",
+        "    differing = []",
         "tests/test_recipe.py::test_a_finished_run_made_with_other_settings_is_refused_not_reused",
+    ),
+    "the scene left out of a run's fingerprint": (
+        "distilled_splat/fingerprints.py",
+        '        "scene": scene_fingerprint(scene) if scene is not None else "none",',
+        '        "scene": "none",',
+        "tests/test_recipe.py::test_a_finished_run_on_another_scene_or_size_is_refused",
+    ),
+    "a run folder without a fingerprint taken as this run's": (
+        "distilled_splat/training.py",
+        "    if recorded is None:\n        raise DistilledSplatError(",
+        "    if recorded is None:\n        return wanted\n        raise DistilledSplatError(",
+        "tests/test_recipe.py::test_a_run_folder_without_a_fingerprint_is_refused",
+    ),
+    "the C++ compositing gradient of the conic misses its half": (
+        "distilled_splat/rendering/cpu/composite.cpp",
+        "            g[4] += dl_dsigma * 0.5 * dy * dy;",
+        "            g[4] += dl_dsigma * dy * dy;",
+        "tests/test_cpp_backend.py::test_same_images_gradients_and_radii_as_pytorch",
+    ),
+    "the C++ projection's quaternion gradient loses a sign": (
+        "distilled_splat/rendering/cpu/project.cpp",
+        "      gq[0] = 2 * (-z * gR[0][1]",
+        "      gq[0] = 2 * (z * gR[0][1]",
+        "tests/test_cpp_backend.py::test_same_images_gradients_and_radii_as_pytorch",
     ),
     "pseudo views never taken": (
         "distilled_splat/data/distilled_datamanager.py",

@@ -12,16 +12,31 @@ import numpy as np
 import pytest
 
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.exporters import (
-    SH_SIGNS_Y_Z_FLIPPED,
-    encode_ply,
-    encode_splat,
-    encode_spz,
-    read_3dgs_ply,
-    to_bytes,
-    unit_quaternions,
-)
+from distilled_splat.exporters import encode_ply, encode_splat, encode_spz, read_3dgs_ply, to_bytes
 from tests.test_exports import random_splats
+
+# The real SH basis functions of degrees 1-3 in 3DGS's order, up to their constant factors (which signs ignore).
+SH_BASIS_SHAPES = [
+    lambda x, y, z: y, lambda x, y, z: z, lambda x, y, z: x,
+    lambda x, y, z: x * y, lambda x, y, z: y * z, lambda x, y, z: 3 * z * z - 1, lambda x, y, z: x * z,
+    lambda x, y, z: x * x - y * y,
+    lambda x, y, z: y * (3 * x * x - y * y), lambda x, y, z: x * y * z, lambda x, y, z: y * (5 * z * z - 1),
+    lambda x, y, z: z * (5 * z * z - 3), lambda x, y, z: x * (5 * z * z - 1), lambda x, y, z: z * (x * x - y * y),
+    lambda x, y, z: x * (x * x - 3 * y * y),
+]  # fmt: skip
+
+
+def sh_signs_under_y_z_flip() -> np.ndarray:
+    """Sign of each basis function under (x, y, z) -> (x, -y, -z), from the functions at a generic direction."""
+    x, y, z = 0.3, 0.5, 0.8
+    return np.array([np.sign(f(x, -y, -z) / f(x, y, z)) for f in SH_BASIS_SHAPES])
+
+
+def unit_length(quats: np.ndarray) -> np.ndarray:
+    """Quaternions scaled to length 1; a zero one is the identity rotation."""
+    norms = np.linalg.norm(quats, axis=1, keepdims=True)
+    safe = np.where(norms > 0, norms, 1.0)
+    return np.where(norms > 0, quats / safe, np.array([1.0, 0.0, 0.0, 0.0]))
 
 
 def decode_spz(data: bytes, degree: int):
@@ -74,13 +89,13 @@ def test_spz_fields_decode_to_the_gaussians_within_their_quantisation():
     np.testing.assert_array_equal(fields["scales"], np.clip(np.round((splats.log_scales + 10) * 16), 0, 255))
 
     xyz = (fields["rotations"].astype(np.float64) - 127.5) / 127.5
-    unit = unit_quaternions(splats.quats) * np.array([1.0, 1.0, -1.0, -1.0])
+    unit = unit_length(splats.quats) * np.array([1.0, 1.0, -1.0, -1.0])
     unit *= np.where(unit[:, :1] < 0, -1.0, 1.0)
     np.testing.assert_allclose(xyz, unit[:, 1:], atol=0.5 / 127.5 + 1e-9)
     assert np.abs(xyz[0]).max() <= 0.5 / 127.5, "the zero quaternion is stored as the identity"
 
     sh = fields["sh"].reshape(300, 15, 3).astype(np.float64)
-    expected = (splats.f_rest * SH_SIGNS_Y_Z_FLIPPED).transpose(0, 2, 1)
+    expected = (splats.f_rest * sh_signs_under_y_z_flip()).transpose(0, 2, 1)
     degree_one = 0.5 * (1 << 3) / 128 + 0.5 / 128  # 5 significant bits, then the rounding to a 1/128 step
     degree_two_three = 0.5 * (1 << 4) / 128 + 0.5 / 128  # 4 significant bits
     np.testing.assert_allclose((sh[3:, :3] - 128) / 128, expected[3:, :3], atol=degree_one + 1e-9)
@@ -106,8 +121,8 @@ def test_splat_records_decode_to_the_gaussians():
     np.testing.assert_array_equal(out["rgba"][:, :3], colour)
     alpha = np.round(255 / (1 + np.exp(-splats.opacity.astype(np.float64))))
     np.testing.assert_array_equal(out["rgba"][:, 3], alpha)
-    np.testing.assert_allclose((out["rotation"] - 128.0) / 128, unit_quaternions(splats.quats), atol=0.5 / 128 + 0.01)
-    expected = np.clip(np.round(unit_quaternions(splats.quats) * 128 + 128), 0, 255)
+    np.testing.assert_allclose((out["rotation"] - 128.0) / 128, unit_length(splats.quats), atol=0.5 / 128 + 0.01)
+    expected = np.clip(np.round(unit_length(splats.quats) * 128 + 128), 0, 255)
     np.testing.assert_array_equal(out["rotation"], expected)
 
 
@@ -144,6 +159,8 @@ def test_bytes_round_to_nearest_and_clip():
 
 
 def test_unit_quaternions_normalise_and_make_zero_the_identity():
+    from distilled_splat.exporters import unit_quaternions
+
     quats = np.array([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 4.0]])
     np.testing.assert_allclose(unit_quaternions(quats), [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0.6, 0, 0.8]])
 

@@ -147,3 +147,21 @@ def test_export_command_reduces_sh_and_culls_and_names_bad_input(trained_student
     assert "removes every Gaussian" in too_much.stderr and not (tmp_path / "t.spz").exists()
     bad = run_command("distilled-splat", "export", "--ply", "x.ply", "--output", str(tmp_path / "s.xyz"), check=False)
     assert bad.returncode != 0 and "cannot tell the format" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_splat_transform_version_is_read_from_the_installed_package(tmp_path, monkeypatch, capsys):
+    """The frontier's fingerprint records the installed splat-transform's version, and another version than the
+    one this package is checked with is said once."""
+    from distilled_splat import notices, splat_transform
+
+    package = tmp_path / "node_modules" / "@playcanvas" / "splat-transform"
+    (package / "bin").mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "@playcanvas/splat-transform", "version": "9.9.9"}')
+    (package / "bin" / "cli.mjs").write_text("")
+    monkeypatch.setenv(splat_transform.ENVIRONMENT_VARIABLE, str(package / "bin" / "cli.mjs"))
+    monkeypatch.setattr(notices, "_said", set())
+    assert splat_transform.installed_version() == splat_transform.installed_version() == "9.9.9"
+    said = capsys.readouterr().out
+    assert said.count("splat-transform 9.9.9 is installed at") == 1 and "checked with 2.7.1" in said, said
+    monkeypatch.setenv(splat_transform.ENVIRONMENT_VARIABLE, str(tmp_path / "none"))
+    assert splat_transform.installed_version() == "missing"

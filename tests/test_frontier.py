@@ -59,42 +59,30 @@ CUTS_8 = (0, 3, 6, 9, 11, 14, 17, 20)
 """Eight cuts evenly over the first half of a 40-step run."""
 NO_PSEUDO = (0, 0.0, "replace", ("interpolated", "jittered"))
 PSEUDO = (64, 0.2, "add", ("interpolated",))
-# Each contender as the README declares it, at 40 teacher steps, 40 student steps, compute matched. Columns: what
-# it starts from, the teachers it builds on, own and total steps, the nerfstudio method, then the model and
-# datamanager settings that make it: (init, cut steps, cut method, importance, first cut keep, distill weight,
-# structure weight, (pseudo views, share, mode, families), cap, SH degree, densification stop, starts from the decimated checkpoint).
-EXPECTED = {
-    "student": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
-                ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0, False)),
-    "student-paper": ("points", ("vanilla", "noise", "dropout"), 40, 160, "distilled-splatfacto-paper",
-                      ("points", (0,), "drop", "blend-weight", None, 0.4, 1.0, NO_PSEUDO, None, 3, 20, False)),
-    "pup-pruned": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
-                   ("teacher", (0, 20), "drop", "pup-fisher", 0.2, 0.0, 0.0, NO_PSEUDO, None, 3, 0, False)),
-    "pruned-finetuned": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
-                         ("teacher", (0,), "drop", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0, False)),
-    "capped-mcmc": ("points", (), 80, 80, "distilled-mcmc", (None, None, None, None, None, None, None, None, "budget", 3, 40, False)),
-    "decimated": ("teacher-ply", ("vanilla",), 0, 40, "distilled-teacher",
-                  (None, None, None, None, None, None, None, None, None, 3, 20, False)),
-    "decimated-finetuned": ("teacher-ply", ("vanilla",), 40, 80, "distilled-splatfacto",
-                            ("teacher", (0,), "drop", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0, True)),
-    "student-no-distill": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
-                           ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0, False)),
-    "student-one-cut": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
-                        ("teacher", (0,), "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0, False)),
-    "student-no-structure": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
-                             ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 0.0, PSEUDO, None, 3, 0, False)),
-    "student-no-pseudo": ("teacher", ("vanilla",), 40, 80, "distilled-splatfacto",
-                          ("teacher", CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, NO_PSEUDO, None, 3, 0, False)),
-    "paper-no-distill": ("points", ("vanilla", "noise", "dropout"), 40, 160, "distilled-splatfacto-paper",
-                         ("points", (0,), "drop", "blend-weight", None, 0.0, 1.0, NO_PSEUDO, None, 3, 20, False)),
-    "paper-no-structure": ("points", ("vanilla", "noise", "dropout"), 40, 160, "distilled-splatfacto-paper",
-                           ("points", (0,), "drop", "blend-weight", None, 0.4, 0.0, NO_PSEUDO, None, 3, 20, False)),
-    "paper-vanilla-teacher": ("points", ("vanilla",), 40, 80, "distilled-splatfacto-paper",
-                              ("points", (0,), "drop", "blend-weight", None, 0.4, 1.0, NO_PSEUDO, None, 3, 20, False)),
+# What each contender's settings make of its method, at 40 teacher and 40 student steps: (cut steps, cut method,
+# importance, first cut keep, distill weight, structure weight, (pseudo views, share, mode, families), cap, SH degree,
+# densification stop). This is what each contender is (PUP's two Fisher rounds to 20% then the budget,
+# LightGaussian's single cut, ...); where it starts, whom it learns from and how long it trains are checked against
+# its declaration in CONTENDERS by the rules of the test below, not restated here.
+MADE_OF = {
+    "student": (CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0),
+    "student-paper": ((0,), "drop", "blend-weight", None, 0.4, 1.0, NO_PSEUDO, None, 3, 20),
+    "pup-pruned": ((0, 20), "drop", "pup-fisher", 0.2, 0.0, 0.0, NO_PSEUDO, None, 3, 0),
+    "pruned-finetuned": ((0,), "drop", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0),
+    "capped-mcmc": (None, None, None, None, None, None, None, "budget", 3, 40),
+    "decimated": (None, None, None, None, None, None, None, None, 3, 20),
+    "decimated-finetuned": ((0,), "drop", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0),
+    "student-no-distill": (CUTS_8, "auto", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0),
+    "student-one-cut": ((0,), "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0),
+    "student-no-structure": (CUTS_8, "auto", "blend-weight", None, 0.0, 0.0, PSEUDO, None, 3, 0),
+    "student-no-pseudo": (CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, NO_PSEUDO, None, 3, 0),
+    "paper-no-distill": ((0,), "drop", "blend-weight", None, 0.0, 1.0, NO_PSEUDO, None, 3, 20),
+    "paper-no-structure": ((0,), "drop", "blend-weight", None, 0.4, 0.0, NO_PSEUDO, None, 3, 20),
+    "paper-vanilla-teacher": ((0,), "drop", "blend-weight", None, 0.4, 1.0, NO_PSEUDO, None, 3, 20),
 }  # fmt: skip
 
 
-def built_settings(config, frontier: Frontier) -> tuple:
+def made_of(config) -> tuple:
     model, datamanager = config.pipeline.model, config.pipeline.datamanager
 
     def get(name):
@@ -106,28 +94,42 @@ def built_settings(config, frontier: Frontier) -> tuple:
             datamanager.pseudo_views, datamanager.pseudo_share, datamanager.pseudo_mode, datamanager.pseudo_families
         )  # fmt: skip
     cuts = model.cut_steps() if hasattr(model, "cut_steps") else None
-    decimated = str(frontier.decimated_checkpoint(0.25))
     return (
-        get("init"), cuts, get("cut_method"), get("importance"), get("first_cut_keep"), get("distill_weight"),
+        cuts, get("cut_method"), get("importance"), get("first_cut_keep"), get("distill_weight"),
         get("structure_weight"), pseudo, get("cap_max"), model.sh_degree, model.stop_split_at,
-        get("start_checkpoint") == decimated,
     )  # fmt: skip
 
 
 def test_every_contender_builds_the_config_it_declares(frontier):
-    assert set(EXPECTED) == set(CONTENDERS), "every contender has its row here"
-    for name, (start, teachers, own, total, method, settings) in EXPECTED.items():
-        contender = CONTENDERS[name]
+    assert set(MADE_OF) == set(CONTENDERS), "every contender has its row here"
+    recipe, cap = frontier.recipe, frontier.budget_count(0.25)
+    for name, contender in CONTENDERS.items():
         config = frontier.model_config(ModelSpec(name, 0.25, 42))
-        assert (contender.start, contender.teachers_used(frontier.recipe)) == (start, teachers), name
-        assert frontier.own_and_total_steps(name) == (own, total), name
-        assert config.method_name == method and config.max_num_iterations == (own or STEPS), name
-        cap = frontier.budget_count(0.25)
-        assert built_settings(config, frontier) == tuple(cap if v == "budget" else v for v in settings), name
-        if contender.distils != "none" and name != "capped-mcmc":
-            served = [Path(path).parent.parent.name for path in config.pipeline.datamanager.teachers]
-            names = {"distilled-teacher": "vanilla", "distilled-teacher-noise": "noise"}
-            assert tuple(names.get(run, "dropout") for run in served) == teachers, name
+        model, datamanager = config.pipeline.model, config.pipeline.datamanager
+        assert made_of(config) == tuple(cap if v == "budget" else v for v in MADE_OF[name]), name
+        # It is the method it declares, trained for its own steps; its total adds every teacher it builds on.
+        own, total = frontier.own_and_total_steps(name)
+        assert config.method_name == contender.method.config.method_name, name
+        assert own == {"none": 0, "student": STEPS, "matched": 2 * STEPS}[contender.own_steps], name
+        assert total == own + STEPS * len(contender.teachers_used(recipe)), name
+        if contender.trains:
+            assert config.max_num_iterations == own, name
+        # It starts where it declares: the trained teacher's Gaussians, the point cloud, or the decimated PLY.
+        decimated = str(frontier.decimated_checkpoint(0.25))
+        starts = {"teacher": "teacher", "points": "points", "teacher-ply": "teacher"}[contender.start]
+        if contender.trains and name != "capped-mcmc":
+            assert model.init == starts, name
+            assert (str(model.start_checkpoint) == decimated) == (contender.start == "teacher-ply"), name
+        # Its datamanager serves exactly the teacher runs it learns from, by path.
+        if hasattr(datamanager, "teachers"):
+            expected = tuple(recipe.teacher_config_path(teacher) for teacher in contender.teachers(recipe))
+            assert tuple(Path(path) for path in datamanager.teachers) == expected, name
+        # Whoever learns from nobody's renders has no distillation, structural loss or pseudo views.
+        if contender.distils == "none" and hasattr(model, "distill_weight"):
+            assert (model.distill_weight, model.structure_weight, datamanager.pseudo_views) == (0, 0, 0), name
+    assert {CONTENDERS[n].teachers(recipe) for n in ("student-paper", "paper-no-distill")} == {
+        ("vanilla", "noise", "dropout")
+    }
     own = Frontier(frontier.recipe, FrontierSettings(compute="own"))
     assert own.own_and_total_steps("capped-mcmc") == (40, 40) and own.own_and_total_steps("student") == (40, 80)
     assert set(DEFAULT_METHODS) >= {"student", "pup-pruned", "capped-mcmc", "decimated", "decimated-finetuned"}
@@ -170,30 +172,44 @@ def test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher_and_never_g
     assert max(counts) <= budget and sum(refused) > 0, ("growth tried and refused at the budget", counts, refused)
 
 
-def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important(frontier):
+def walk_the_cuts(frontier: Frontier, check_cut, **model_settings) -> None:
+    """Train the registered default student (``student``: its 8 cuts over the first half of the run) through every
+    cut; ``check_cut(model, optimizers, source, importance, count)`` checks each cut against the model just before
+    it."""
     budget = frontier.budget_count(0.25)
-    _, pipeline, optimizers = pipeline_of(
-        frontier, "student-no-distill", budget_cuts=3, cuts_stop=10, cut_method="drop"
-    )  # fmt: skip
+    _, pipeline, optimizers = pipeline_of(frontier, "student", **model_settings)
     model = pipeline.model
-    assert model.config.cut_steps() == (0, 5, 10)
-    teacher, importance = teacher_importance(frontier, pipeline.datamanager.train_dataset.cameras)
-    total = len(teacher["means"])
-    model.step_cb(optimizers, 0)
-    first = round(total * (budget / total) ** (1 / 3))
-    assert model.num_points == first and budget < first < total
-    assert_holds_the_most_important(model, teacher, importance, first, "the teacher")
-    train_steps(pipeline, optimizers, range(1, 5))  # each step's callbacks run once, step 0's already ran
-    assert model.num_points == first, "nothing is cut or grown between cuts"
-    before = {name: param.detach().clone() for name, param in model.gauss_params.items()}
-    importance = model.importance()
-    model.step_cb(optimizers, 5)
-    second = round(first * (budget / first) ** (1 / 2))
-    assert model.num_points == second and budget < second < first
-    assert_holds_the_most_important(model, before, importance, second, "the fine-tuned model")
-    train_steps(pipeline, optimizers, range(6, 12))
-    assert model.num_points == budget
-    assert abs(second / first - first / total) < 0.05 and abs(budget / second - second / first) < 0.05
+    cuts = model.config.cut_steps()
+    assert cuts == CUTS_8
+    source, importance = teacher_importance(frontier, pipeline.datamanager.train_dataset.cameras)
+    counts, previous = [len(source["means"])], None
+    for remaining, step in zip(range(len(cuts), 0, -1), cuts):
+        if previous is not None:
+            train_steps(pipeline, optimizers, range(previous + 1, step))  # callbacks once each; the cut's below
+            assert model.num_points == counts[-1], "nothing is cut or grown between cuts"
+            source = {name: param.detach().clone() for name, param in model.gauss_params.items()}
+            importance = model.importance()
+        model.step_cb(optimizers, step)
+        # Equal ratios: each cut takes the count the same fraction of the way to the budget.
+        expected = round(counts[-1] * (budget / counts[-1]) ** (1 / remaining))
+        assert model.num_points == expected and budget <= expected < counts[-1], (step, model.num_points, expected)
+        check_cut(model, optimizers, source, importance, expected)
+        counts.append(expected)
+        previous = step
+    assert counts[-1] == budget
+    ratios = [b / a for a, b in zip(counts, counts[1:])]
+    assert max(ratios) - min(ratios) < 0.1, ratios
+    train_steps(pipeline, optimizers, range(previous + 1, previous + 4))
+    assert model.num_points == budget and torch.isfinite(model.means).all()
+
+
+def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important(frontier):
+    """The default student's cuts with --pipeline.model.cut-method drop: each keeps the most important."""
+
+    def keeps_the_most_important(model, optimizers, source, importance, count):
+        assert_holds_the_most_important(model, source, importance, count, "the model before the cut")
+
+    walk_the_cuts(frontier, keeps_the_most_important, cut_method="drop")
 
 
 def test_pup_rounds_keep_the_most_sensitive_fifth_then_cut_to_the_budget(frontier):
@@ -263,7 +279,8 @@ def test_frontier_resumes_after_a_kill_and_reuses_finished_models(tiny_scene, tm
     assert "reusing the vanilla teacher" in result.stdout and "reusing 1 finished frontier models" in result.stdout
     assert first.read_text() == first_text and first.stat().st_mtime_ns == first_time
     record = json.loads((output / "frontier.json").read_text())
-    assert record["models_planned"] == record["models_finished"] == 4
+    assert record["this_command"] == {"models_planned": 4, "models_finished": 4}
+    assert record["rows_count"] == len(record["rows"])
     rows = {row["method"]: row for row in record["rows"]}
     budget = round(0.25 * record["vanilla_teacher"]["num_gaussians"])
     assert rows["pruned-finetuned"]["num_gaussians"] == rows["student"]["num_gaussians"] == budget
@@ -360,14 +377,16 @@ def test_seeds_go_where_they_matter(frontier):
     assert seeds["decimated"] == [42] and specs[0].method == "decimated", "made first, for what starts from it"
 
 
-def test_later_seeds_reuse_the_one_decimated_teacher(frontier):
+def test_later_seeds_reuse_the_one_decimated_teacher(frontier, tmp_path):
     """`--seed 43` adds seeds on the same teachers; the decimated teacher, nothing random in it, is not made again
     under the new seed's name."""
-    if not (frontier.recipe.output / "recipe.json").is_file():
-        frontier.recipe.save()  # what `run` and `frontier` write: the teachers' seed
+    # A copy of the frontier's folder, so that the recipe.json written here changes no other test's fixture.
+    output = tmp_path / "frontier"
+    shutil.copytree(frontier.recipe.output, output)
+    Recipe(frontier.recipe.data, output, frontier.recipe.settings).save()  # what `run` writes: the teachers' seed
     settings = dataclasses.replace(frontier.recipe.settings, seed=43)
     later = Frontier(
-        Recipe(frontier.recipe.data, frontier.recipe.output, settings),
+        Recipe(frontier.recipe.data, output, settings),
         FrontierSettings(methods=("decimated-finetuned", "decimated"), budgets=(0.25,), seeds=2),
     )
     assert [(spec.method, spec.seed) for spec in later.specs()] == [
@@ -381,36 +400,22 @@ def test_later_seeds_reuse_the_one_decimated_teacher(frontier):
 
 
 def test_merge_cuts_reach_the_budget_in_equal_ratios_through_splat_transform(frontier):
-    """With cut-method merge, each cut is the model merged by splat-transform down to that cut's count, and the
-    optimiser goes on with the merged Gaussians."""
+    """The default student as registered (cut-method auto: merge wherever splat-transform is installed): each cut is
+    the model merged by splat-transform down to that cut's count, and the optimiser goes on with the merged
+    Gaussians."""
     from distilled_splat.decimation import decimate_gaussians
 
     required_tool(splat_transform.find(), splat_transform.HOW_TO_GET)
-    budget = frontier.budget_count(0.25)
-    _, pipeline, optimizers = pipeline_of(
-        frontier, "student-no-distill", budget_cuts=2, cuts_stop=6, cut_method="merge"
-    )
-    model = pipeline.model
-    teacher = load_gaussians(last_step_checkpoint(frontier.vanilla_config()))
-    total = len(teacher["means"])
-    model.step_cb(optimizers, 0)
-    first = round(total * (budget / total) ** (1 / 2))
-    assert model.num_points == first and budget < first < total
-    merged = decimate_gaussians(teacher, first)
-    for name, param in model.gauss_params.items():
-        torch.testing.assert_close(param.detach(), merged[name], msg=f"{name}: not the teacher merged to {first}")
-    train_steps(pipeline, optimizers, range(1, 6))
-    before = {name: param.detach().clone() for name, param in model.gauss_params.items()}
-    model.step_cb(optimizers, 6)
-    assert model.num_points == budget
-    merged = decimate_gaussians(before, budget)
-    for name, param in model.gauss_params.items():
-        torch.testing.assert_close(param.detach(), merged[name], msg=f"{name}: not the fine-tuned model merged")
-    for name, optimizer in optimizers.optimizers.items():
-        if name in model.gauss_params:
-            assert optimizer.param_groups[0]["params"][0] is model.gauss_params[name]
-    train_steps(pipeline, optimizers, range(6, 10))
-    assert model.num_points == budget and torch.isfinite(model.means).all()
+
+    def is_the_model_merged(model, optimizers, source, importance, count):
+        merged = decimate_gaussians(source, count)
+        for name, param in model.gauss_params.items():
+            torch.testing.assert_close(param.detach(), merged[name], msg=f"{name}: not the model merged to {count}")
+        for name, optimizer in optimizers.optimizers.items():
+            if name in model.gauss_params:
+                assert optimizer.param_groups[0]["params"][0] is model.gauss_params[name]
+
+    walk_the_cuts(frontier, is_the_model_merged)
 
 
 def test_student_args_that_do_not_fit_a_contender_stop_it_before_training_and_leave_its_rows_aside(frontier):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -90,7 +91,11 @@ def test_pseudo_views_draw_from_their_own_generator_and_are_reproducible():
     assert not torch.equal(first.camera_to_worlds, other.camera_to_worlds)
 
 
-def pseudo_student(tiny_scene, teacher_runs, cache_dir, views=6, share=0.25, mode="replace", **model):
+DEFAULT_MODE = distilled_splatfacto.config.pipeline.datamanager.pseudo_mode
+
+
+def pseudo_student(tiny_scene, teacher_runs, cache_dir, views=6, share=0.25, mode=DEFAULT_MODE, **model):
+    """The registered default student with pseudo views in its own mode, at a test's count and share."""
     datamanager = {
         "teachers": tuple(teacher_runs[:1]), "teacher_cache_dir": cache_dir, "pseudo_views": views,
         "pseudo_share": share, "pseudo_mode": mode,
@@ -146,7 +151,7 @@ def photometric(model, outputs, aggregate):
 
 
 def test_a_share_of_steps_trains_on_pseudo_views_against_the_aggregate_alone(tiny_scene, teacher_runs, tmp_path):
-    _, pipeline, _ = pseudo_student(tiny_scene, teacher_runs, tmp_path / "cache")
+    _, pipeline, _ = pseudo_student(tiny_scene, teacher_runs, tmp_path / "cache", mode="replace")
     datamanager, model = pipeline.datamanager, pipeline.model
     taken = [index for index in range(100) if datamanager.next_train(index)[1].get("pseudo_view")]
     # The default takes them once the student is at its budget: from its last cut on, a quarter of the steps.
@@ -173,7 +178,8 @@ def test_a_share_of_steps_trains_on_pseudo_views_against_the_aggregate_alone(tin
 def test_added_pseudo_views_keep_every_photo_step_and_add_the_loss_at_the_pseudo_view(
     tiny_scene, teacher_runs, tmp_path
 ):
-    _, pipeline, _ = pseudo_student(tiny_scene, teacher_runs, tmp_path / "cache", mode="add")
+    assert DEFAULT_MODE == "add", "the default's mode: this test is about it"
+    _, pipeline, _ = pseudo_student(tiny_scene, teacher_runs, tmp_path / "cache")
     datamanager, model = pipeline.datamanager, pipeline.model
     batches = [datamanager.next_train(step) for step in range(100)]
     assert not any(batch.get("pseudo_view") for _, batch in batches), "no step gives up its photo"
@@ -200,14 +206,24 @@ def test_added_pseudo_views_keep_every_photo_step_and_add_the_loss_at_the_pseudo
     assert model.means.grad is not None and model.means.grad.abs().sum() > 0
 
 
+TOGETHER = "pseudo-views and --pipeline.datamanager.pseudo-share go together"
+
+
 @pytest.mark.parametrize(
-    "views, share, mode", [(4, 0.0, "replace"), (0, 0.3, "replace"), (4, 1.0, "replace"), (-1, 0.2, "replace"),
-                           (4, 1.5, "add"), (0, 1.0, "add")]
-)  # fmt: skip
-def test_pseudo_settings_that_cannot_work_are_refused(views, share, mode):
+    "views, share, mode, rule",
+    [
+        (4, 0.0, "replace", TOGETHER),
+        (0, 0.3, "replace", TOGETHER),
+        (4, 1.0, "replace", re.escape("pseudo-share must be in [0, 1) with pseudo-mode replace, got 1.0")),
+        (-1, 0.2, "replace", "pseudo-views must be >= 0, got -1"),
+        (4, 1.5, "add", re.escape("pseudo-share must be in [0, 1] with pseudo-mode add, got 1.5")),
+        (0, 1.0, "add", TOGETHER),
+    ],
+)
+def test_pseudo_settings_that_cannot_work_are_refused(views, share, mode, rule):
     config = copy.deepcopy(distilled_splatfacto.config.pipeline.datamanager)
     config.pseudo_views, config.pseudo_share, config.pseudo_mode = views, share, mode
-    with pytest.raises(DistilledSplatError, match="pseudo"):
+    with pytest.raises(DistilledSplatError, match=rule):
         config.check_pseudo_views()
 
 

@@ -94,7 +94,10 @@ def test_colmap_folder_trains_teacher_and_student_with_ns_train(tiny_scene, tmp_
     assert results["teacher"] > starts["teacher"] + 1.0 and results["student"] > starts["student"] + 0.3
 
 
-def test_downscale_uses_images_n_where_present_and_resizes_otherwise(tiny_scene, tmp_path, capsys):
+def test_downscale_uses_images_n_where_present_and_resizes_otherwise(tiny_scene, tmp_path, capsys, monkeypatch):
+    from distilled_splat import notices
+
+    monkeypatch.setattr(notices, "_said", set())  # the note is said once per process: whatever said it before
     resized = prepared_datamanager_config(tiny_scene, downscale=2)
     assert resized.dataparser.downscale_factor == 1 and resized.camera_res_scale_factor == 0.5
     assert "no images_2 folder" in capsys.readouterr().out

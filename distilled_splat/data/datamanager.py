@@ -9,20 +9,11 @@ from typing import List, Literal, Optional, Type, Union
 import torch
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
-from nerfstudio.utils.rich_utils import CONSOLE
 
 from distilled_splat.data.scene_checks import CheckedScene, check_frames
 from distilled_splat.data.scene_inputs import scene_for_dataparser
 from distilled_splat.errors import DistilledSplatError
-
-_said = set()
-
-
-def say_once(message: str) -> None:
-    """Print a note about the input once per process, however many models of a recipe read the same scene."""
-    if message not in _said:
-        _said.add(message)
-        CONSOLE.print(message)
+from distilled_splat.notices import say_once
 
 
 def require_device(device: Union[torch.device, str]) -> torch.device:

@@ -23,12 +23,12 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from distilled_splat import splat_transform
-from distilled_splat.data.datamanager import say_once
 from distilled_splat.decimation import decimate_gaussians
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.importance import ImportanceMode, scene_importance
 from distilled_splat.losses import StructureLoss, StructureMode, photometric_loss
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
+from distilled_splat.notices import say_once
 from distilled_splat.schedules import in_window
 from distilled_splat.strategy.compaction import CompactionStrategy
 from distilled_splat.teachers import load_gaussians
