@@ -15,14 +15,28 @@ sudo=""
 if ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then
     $sudo apt-get update -qq && $sudo apt-get install -y -qq libusb-1.0-0 >/dev/null
 fi
+# g++ builds the C++ CPU rasteriser (distilled_splat/rendering/cpu); without it rendering falls back to PyTorch.
+if ! command -v g++ >/dev/null 2>&1; then
+    { $sudo apt-get update -qq && $sudo apt-get install -y -qq g++ >/dev/null; } ||
+        echo "setup: g++ could not be installed; the C++ CPU rasteriser will not be built" >&2
+fi
 if ! command -v chromium >/dev/null 2>&1; then
     { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; } ||
         echo "setup: chromium could not be installed; the browser tests will be skipped (and fail under CI=true)" >&2
 fi
 
+# Compiles the C++ CPU rasteriser once per machine (torch caches it and rebuilds only when a source changes, so
+# this takes seconds after the first time). A failed build never fails setup: rendering then uses PyTorch, and
+# says so once.
+build_cpu_kernels() {
+    .venv/bin/python -c "from distilled_splat.rendering.cpp_backend import load_kernels; exit(load_kernels() is None)" ||
+        echo "setup: the C++ CPU rasteriser could not be built; rendering will use PyTorch" >&2
+}
+
 splat_transform=.venv/node/node_modules/.bin/splat-transform
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] &&
     { [ -x "$splat_transform" ] || ! command -v npm >/dev/null 2>&1; }; then
+    build_cpu_kernels
     exit 0
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -39,3 +53,4 @@ if command -v npm >/dev/null 2>&1; then
     fi
 fi
 echo "$wanted" > "$stamp"
+build_cpu_kernels

@@ -26,6 +26,23 @@ def required_tool(path: Optional[Path], missing: str) -> Path:
     pytest.skip(missing)
 
 
+def cpp_kernels():
+    """The C++ CPU kernels, or a skip where they could not be built (a failure under CI, where setup built them)."""
+    from distilled_splat.rendering import cpp_backend
+
+    if cpp_backend.load_kernels() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the C++ kernels could not be built, but CI=true: scripts/setup.sh should have built them")
+        pytest.skip("the C++ kernels could not be built here")
+    return cpp_backend.CppKernels()
+
+
+@pytest.fixture(params=["torch", "cpp"])
+def cpu_kernels(request):
+    """Each CPU backend in turn, as ``rasterize_torch``'s ``kernels`` argument: None (PyTorch) or the C++ ones."""
+    return None if request.param == "torch" else cpp_kernels()
+
+
 def run_command(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run an installed console script (ns-train, ns-export, ...) from this environment."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,11 +18,10 @@ from plyfile import PlyData
 
 from distilled_splat import recipe as recipe_module
 from distilled_splat.cli import Run
-from distilled_splat.data.datamanager import PortableDatamanagerConfig
-from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfig
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.fingerprints import fingerprint_parts, scene_fingerprint
 from distilled_splat.recipe import Recipe, RecipeSettings
-from distilled_splat.training import SERVED_SETTINGS, last_step_checkpoint
+from distilled_splat.training import last_step_checkpoint
 from tests.conftest import BIN, required_tool, run_command
 from tests.helpers import pruned_teacher_psnr, untrained_psnr
 
@@ -237,13 +238,100 @@ def test_default_steps_fit_the_device(monkeypatch):
     assert RecipeSettings(device="auto").with_device_defaults() == concrete
 
 
-def test_every_setting_the_student_datamanager_adds_decides_whether_a_run_is_reused():
-    """A datamanager setting missing from the check would let a run made without it pass as this one's (as
-    pseudo-start once did: `demo` reported an earlier default's student as today's)."""
-    own = {f.name for f in dataclasses.fields(DistilledDatamanagerConfig)}
-    inherited = {f.name for f in dataclasses.fields(PortableDatamanagerConfig)}
-    where = {"teachers", "teacher_cache_dir"}  # the teachers are compared by run; the cache folder is a place
-    assert set(SERVED_SETTINGS) == own - inherited - where
+# One changed value for every option of `run` (RecipeSettings): each must change what some model is made of.
+CHANGED_OPTIONS = {
+    "steps": STEPS + 2,
+    "student_steps": STEPS + 2,
+    "device": "cuda",
+    "downscale": 2,
+    "teachers": ("vanilla", "noise"),
+    "target_fraction": 0.2,
+    "target_gaussians": 40,
+    "teacher_args": "--pipeline.model.sh-degree 2",
+    "student_args": "--pipeline.model.refine-every 20 --pipeline.model.ssim-lambda 0.3",
+    "seed": 43,
+    "recipe": "paper",
+}
+
+
+def model_fingerprints(scene: Path, output: Path, recipe_settings: RecipeSettings) -> dict:
+    recipe = Recipe(scene, output, recipe_settings)
+    return {name: fingerprint_parts(recipe.method_config(name)) for name in recipe.models()}
+
+
+def test_every_run_option_changes_what_decides_a_model(tiny_scene, tmp_path, monkeypatch):
+    """An option of `run` missing from the fingerprint would let a folder's models pass as another run's (as
+    --downscale did: a full-size run reported as the half-size one)."""
+    assert set(CHANGED_OPTIONS) == {field.name for field in dataclasses.fields(RecipeSettings)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda builds its configs here too
+    base = model_fingerprints(tiny_scene, tmp_path, settings())
+    assert model_fingerprints(tiny_scene, tmp_path / "moved", settings()) == base, "the folders are not settings"
+    for option, value in CHANGED_OPTIONS.items():
+        changed = model_fingerprints(tiny_scene, tmp_path, dataclasses.replace(settings(), **{option: value}))
+        assert any(changed.get(name) != parts for name, parts in base.items()), option
+
+
+def test_every_scene_file_the_fingerprint_covers_changes_it(tiny_scene, tmp_path):
+    """Cameras, point cloud, and each image's name and size: changing any one changes the scene fingerprint."""
+    base = scene_fingerprint(tiny_scene)
+    frames = json.loads((tiny_scene / "transforms.json").read_text())["frames"]
+    first_image = frames[0]["file_path"]
+
+    def nudge_camera(scene):
+        transforms = json.loads((scene / "transforms.json").read_text())
+        transforms["frames"][0]["transform_matrix"][0][3] += 0.01
+        (scene / "transforms.json").write_text(json.dumps(transforms))
+
+    def drop_two_frames(scene):
+        transforms = json.loads((scene / "transforms.json").read_text())
+        transforms["frames"] = transforms["frames"][:-2]
+        (scene / "transforms.json").write_text(json.dumps(transforms))
+
+    def move_a_point(scene):
+        ply = PlyData.read(str(scene / "sparse_pc.ply"))
+        ply["vertex"].data["x"][0] += 0.01
+        ply.write(str(scene / "sparse_pc.ply"))
+
+    def resize_an_image(scene):
+        with open(scene / first_image, "ab") as handle:
+            handle.write(b"\0")
+
+    def rename_an_image(scene):
+        transforms = json.loads((scene / "transforms.json").read_text())
+        new_name = first_image.replace(".png", "-renamed.png")
+        (scene / first_image).rename(scene / new_name)
+        transforms["frames"][0]["file_path"] = new_name
+        (scene / "transforms.json").write_text(json.dumps(transforms))
+
+    for change in (nudge_camera, drop_two_frames, move_a_point, resize_an_image, rename_an_image):
+        copy = tmp_path / change.__name__
+        shutil.copytree(tiny_scene, copy)
+        assert scene_fingerprint(copy) == base, "a copy elsewhere is the same scene"
+        change(copy)
+        assert scene_fingerprint(copy) != base, change.__name__
+
+
+@pytest.mark.parametrize("change", ["downscale", "scene"])
+def test_a_finished_run_on_another_scene_or_size_is_refused(finished_run, tiny_scene, tmp_path, change):
+    """A run folder never reports models made at another size or from another scene as this run's: the run stops
+    in one line before it writes anything, recipe.json included."""
+    recipe_json = (finished_run / "recipe.json").read_bytes()
+    checkpoint = last_step_checkpoint(Recipe.load(finished_run).method_config("vanilla"))
+    before = checkpoint.stat().st_mtime_ns
+    scene, run_settings = tiny_scene, settings()
+    if change == "downscale":
+        run_settings = dataclasses.replace(run_settings, downscale=2)
+    else:
+        scene = tmp_path / "other_scene"
+        shutil.copytree(tiny_scene, scene)
+        transforms = json.loads((scene / "transforms.json").read_text())
+        transforms["frames"] = transforms["frames"][:-2]
+        (scene / "transforms.json").write_text(json.dumps(transforms))
+    expected = "settings" if change == "downscale" else "scene"
+    with pytest.raises(DistilledSplatError, match=f"holds a run made with other {expected} than this one"):
+        Run(scene, finished_run, run_settings).main()
+    assert (finished_run / "recipe.json").read_bytes() == recipe_json
+    assert checkpoint.stat().st_mtime_ns == before
 
 
 def test_a_finished_run_made_with_other_settings_is_refused_not_reused(finished_run, tiny_scene):
@@ -255,9 +343,20 @@ def test_a_finished_run_made_with_other_settings_is_refused_not_reused(finished_
     changed = RecipeSettings(
         steps=STEPS, device="cpu", student_args="--pipeline.model.refine-every 20 --pipeline.model.ssim-lambda 0.3"
     )
-    with pytest.raises(DistilledSplatError, match="holds a run made with another model setting"):
+    with pytest.raises(DistilledSplatError, match="holds a run made with other settings than this one"):
         Run(tiny_scene, finished_run, changed).main()
     assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_a_run_folder_without_a_fingerprint_is_refused(finished_run, tiny_scene, tmp_path):
+    """A run that records no fingerprint (made by an earlier version) cannot be told from one with other settings:
+    it is refused in one line, not reported."""
+    copy = tmp_path / "earlier"
+    shutil.copytree(finished_run, copy)
+    vanilla = Recipe.load(copy).method_config("vanilla").get_base_dir()
+    (vanilla / "fingerprint.json").unlink()
+    with pytest.raises(DistilledSplatError, match="records no fingerprint.json"):
+        Run(tiny_scene, copy, settings()).main()
 
 
 def test_every_benchmark_script_runs_at_toy_size(finished_run, tmp_path):
@@ -266,9 +365,37 @@ def test_every_benchmark_script_runs_at_toy_size(finished_run, tmp_path):
     root = Path(__file__).resolve().parents[1]
     python = str(BIN / "python")
     toy = {
-        "bench_rasterizer.py": ["--counts", "200", "--sizes", "16", "--repeats", "1"],
+        "bench_rasterizer.py": ["--counts", "200", "--sizes", "16x16", "--repeats", "1"],
         "bench_distillation.py": ["--output", str(finished_run), "--steps", "2", "--structure-counts", "500"],
-        "bench_training_time.py": ["--output", str(finished_run), "--steps", "20", "--rounds", "1"],
+        "bench_training_time.py": [
+            "--output",
+            str(finished_run),
+            "--steps",
+            "20",
+            "--rounds",
+            "1",
+            "--backends",
+            "torch",
+            "cpp",
+        ],
+    }
+    number = r"\d+(\.\d+)?"
+    # The rows each script must print, with numbers where its measurements go.
+    expected_rows = {
+        "bench_rasterizer.py": [
+            rf"random 200 16x16 +\d+ +{backend} +200 +16x16( +{number}){{4}} +yes +{number}"
+            for backend in ("torch", "cpp")
+        ],
+        "bench_distillation.py": [
+            rf"importance, all training views +│ +{number} s",
+            rf"render, student +│ +{number} ms = {number} fps",
+        ],
+        "bench_training_time.py": [
+            rf"{model} +│ +{backend} +│ +{number} +│ +{number} +│ +{number}"
+            for model in ("vanilla teacher", "student \\(default\\)")
+            for backend in ("torch", "cpp")
+        ]
+        + [rf"student / teacher +│ +{backend} +│ +{number}" for backend in ("torch", "cpp")],
     }
     scripts = sorted(path.name for path in (root / "benchmarks").iterdir() if path.suffix in (".py", ".sh"))
     assert set(toy) | {"gpu_check.sh", "gpu_env.sh", "gpu_frontier.sh"} == set(scripts), "a new script needs a toy run"
@@ -277,7 +404,9 @@ def test_every_benchmark_script_runs_at_toy_size(finished_run, tmp_path):
             [python, f"benchmarks/{name}", *args], cwd=root, capture_output=True, text=True, timeout=900
         )
         assert result.returncode == 0, (name, result.stderr[-3000:])
-        assert ("ms" in result.stdout) and "Traceback" not in result.stderr, (name, result.stdout[-2000:])
+        assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        for row in expected_rows[name]:
+            assert re.search(row, result.stdout), (name, row, result.stdout[-2000:])
     if not torch.cuda.is_available():
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # python3 is this environment's, with torch
         for name in ("gpu_check.sh", "gpu_frontier.sh"):
@@ -292,7 +421,9 @@ def test_report_without_splat_transform_says_how_to_get_it_and_keeps_the_rest(fi
     from distilled_splat import splat_transform
     from distilled_splat.report import write_report
 
-    assert (finished_run / "report" / "viewer" / "student.html").is_file() or splat_transform.find() is None
+    # The finished run's page exists where splat-transform does (always under CI, where setup installed it).
+    required_tool(splat_transform.find(), "splat-transform is not installed (scripts/setup.sh installs it)")
+    assert (finished_run / "report" / "viewer" / "student.html").is_file()
     monkeypatch.setenv(splat_transform.ENVIRONMENT_VARIABLE, str(finished_run / "no-such-program"))
     report = write_report(Recipe.load(finished_run))
     markdown = (finished_run / "report.md").read_text()

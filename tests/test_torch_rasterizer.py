@@ -1,4 +1,5 @@
-"""The PyTorch rasteriser against the per-pixel reference, and against gsplat's CUDA kernels where present."""
+"""Both CPU rasterisers (PyTorch, and its C++ kernels: the ``cpu_kernels`` fixture) against the per-pixel
+reference, and against gsplat's CUDA kernels where present."""
 
 from __future__ import annotations
 
@@ -46,15 +47,16 @@ def sh_degree1_colors(means, coeffs, viewmat):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_values_and_gradients_match_reference(seed):
+def test_values_and_gradients_match_reference(seed, cpu_kernels):
     params, viewmat, K = make_scene(seed=seed)
     background = torch.tensor([0.2, 0.5, 0.9])
     weights = torch.rand(HEIGHT, WIDTH, 3, generator=torch.Generator().manual_seed(99))
 
     fast = leaves(params)
     rgb, alpha, meta = rasterize_torch(
-        *fast, viewmat[None], K[None], WIDTH, HEIGHT, backgrounds=background[None], render_mode="RGB+ED"
-    )
+        *fast, viewmat[None], K[None], WIDTH, HEIGHT, backgrounds=background[None], render_mode="RGB+ED",
+        kernels=cpu_kernels,
+    )  # fmt: skip
     slow = leaves(params)
     ref_rgb, ref_alpha, ref_depth = reference.render(*slow, viewmat, K, WIDTH, HEIGHT, background=background)
 
@@ -72,21 +74,22 @@ def test_values_and_gradients_match_reference(seed):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_spherical_harmonics_colours_match_definition():
+def test_spherical_harmonics_colours_match_definition(cpu_kernels):
     params, viewmat, K = make_scene(seed=3, sh_coeffs=16)
     means, quats, scales, opacities, coeffs = params
     rgb, _, _ = rasterize_torch(
-        means, quats, scales, opacities, coeffs, viewmat[None], K[None], WIDTH, HEIGHT, sh_degree=1
-    )
+        means, quats, scales, opacities, coeffs, viewmat[None], K[None], WIDTH, HEIGHT, sh_degree=1,
+        kernels=cpu_kernels,
+    )  # fmt: skip
     colors = sh_degree1_colors(means, coeffs[:, :4], viewmat)
     ref_rgb, _, _ = reference.render(means, quats, scales, opacities, colors, viewmat, K, WIDTH, HEIGHT)
     torch.testing.assert_close(rgb[0], ref_rgb, atol=1e-5, rtol=1e-4)
 
 
-def test_absgrad_sums_absolute_per_pixel_gradients():
+def test_absgrad_sums_absolute_per_pixel_gradients(cpu_kernels):
     params, viewmat, K = make_scene(seed=4)
     fast = leaves(params)
-    rgb, _, meta = rasterize_torch(*fast, viewmat[None], K[None], WIDTH, HEIGHT, absgrad=True)
+    rgb, _, meta = rasterize_torch(*fast, viewmat[None], K[None], WIDTH, HEIGHT, absgrad=True, kernels=cpu_kernels)
     meta["means2d"].retain_grad()
     weights = torch.randn(HEIGHT, WIDTH, 3, generator=torch.Generator().manual_seed(5))
     (rgb[0] * weights).sum().backward()
@@ -219,7 +222,7 @@ def test_cpu_dispatch_and_unsupported_options():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's kernels")
-def test_matches_gsplat_cuda():
+def test_matches_gsplat_cuda(cpu_kernels):
     from gsplat.rendering import rasterization
 
     torch.manual_seed(0)
@@ -237,7 +240,7 @@ def test_matches_gsplat_cuda():
     kwargs = dict(sh_degree=3, render_mode="RGB+ED", backgrounds=torch.ones(1, 3), packed=False)
 
     cpu = leaves(params)
-    rgb_cpu, alpha_cpu, meta_cpu = rasterize_torch(*cpu, viewmat, K, width, height, **kwargs)
+    rgb_cpu, alpha_cpu, meta_cpu = rasterize_torch(*cpu, viewmat, K, width, height, kernels=cpu_kernels, **kwargs)
     gpu = [t.detach().cuda().requires_grad_(True) for t in leaves(params)]
     gpu_kwargs = {**kwargs, "backgrounds": kwargs["backgrounds"].cuda()}
     rgb_gpu, alpha_gpu, meta_gpu = rasterization(*gpu, viewmat.cuda(), K.cuda(), width, height, **gpu_kwargs)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_to_rotmat, _spherical_harmonics
@@ -45,6 +45,23 @@ class PairRecord:
 
 
 PairObserver = Callable[[PairRecord], None]
+
+
+class Kernels(Protocol):
+    """Faster implementations of three steps of :func:`rasterize_torch`, with the same results (the C++ ones are
+    :class:`distilled_splat.rendering.cpp_backend.CppKernels`)."""
+
+    def project(self, means, quats, scales, viewmat, K, width, height, eps2d, near_plane, far_plane):
+        """One camera's ``(radii [N], means2d [N, 2], depths [N], conics [N, 3])``, as gsplat's classic
+        ``_fully_fused_projection``; ``viewmat`` and ``K`` carry no gradient."""
+
+    def spherical_harmonics(self, degree, means, coeffs, campos):
+        """Colours [N, 3] of SH ``coeffs`` [N, K, 3] seen from ``campos`` [3], + 0.5 and clamped at 0."""
+
+    def composite(self, means2d, conics, opacities, colors, half_x, half_y, width, height, absgrad_sink, global_ids):
+        """One camera's colours [H, W, D] and alphas [H, W, 1] from its visible Gaussians sorted front to back,
+        as :func:`_composite_camera` composites them."""
+
 
 ALPHA_MAX = 0.999
 ALPHA_MIN = 1.0 / 255.0
@@ -201,6 +218,7 @@ def _composite_camera(
     absgrad_sink: Optional[Tensor],  # [N, 2]
     max_pairs_per_chunk: int,
     pair_observer: Optional[PairObserver] = None,
+    kernels: Optional[Kernels] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Render one camera; returns colours [H, W, D] and alphas [H, W, 1] (no background)."""
     visible = torch.nonzero(radii > 0).squeeze(1)
@@ -209,6 +227,11 @@ def _composite_camera(
 
     with torch.no_grad():
         half_x, half_y = _footprint(v_conics, v_opacities, radii[visible].to(means2d.dtype))
+    if kernels is not None:
+        return kernels.composite(
+            v_means2d, v_conics, v_opacities, v_colors, half_x, half_y, width, height, absgrad_sink, visible
+        )
+    with torch.no_grad():
         x_first, x_last = _pixel_span(v_means2d[:, 0], half_x, width)
         y_first, y_last = _pixel_span(v_means2d[:, 1], half_y, height)
         bands = _row_bands(y_first, y_last, (x_last - x_first + 1).clamp(min=0), height, max_pairs_per_chunk)
@@ -262,6 +285,7 @@ def rasterize_torch(
     covars: Optional[Tensor] = None,  # [N, 3, 3]
     max_pairs_per_chunk: int = DEFAULT_MAX_PAIRS_PER_CHUNK,
     pair_observer: Optional[PairObserver] = None,
+    kernels: Optional[Kernels] = None,
 ) -> Tuple[Tensor, Tensor, Dict]:
     """Rasterise Gaussians with the arguments and return values of ``gsplat.rasterization``.
 
@@ -271,8 +295,12 @@ def rasterize_torch(
     (``isect_ids``, ``flatten_ids``, ``isect_offsets``) have no counterpart here and are ``None``.
     ``channel_chunk`` and ``sparse_grad`` are accepted for signature compatibility and have no effect.
     Only the unpacked, single-process, pinhole path is implemented. ``pair_observer`` (not in gsplat) is called
-    with a :class:`PairRecord` per band of rows composited.
+    with a :class:`PairRecord` per band of rows composited. ``kernels`` (not in gsplat) replace the PyTorch
+    compositing step, and projection and SH where no camera parameter needs a gradient, ``covars`` is not given
+    and ``rasterize_mode`` is classic; they cannot be combined with ``pair_observer``.
     """
+    if kernels is not None and pair_observer is not None:
+        raise ValueError("pair_observer needs the PyTorch compositing step; pass no kernels")
     if packed or distributed or camera_model != "pinhole":
         raise ValueError("the PyTorch rasteriser supports packed=False, distributed=False, camera_model='pinhole'")
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
@@ -281,22 +309,31 @@ def rasterize_torch(
         raise ValueError(f"unknown rasterize_mode {rasterize_mode!r}")
     n_cameras = viewmats.shape[0]
 
-    if covars is None:
-        rotations = _quat_to_rotmat(quats)  # normalises the quaternions
-        scaled = rotations * scales[:, None, :]
-        covars = scaled @ scaled.transpose(-1, -2)
-    radii, means2d, depths, conics, compensations = _fully_fused_projection(
-        means,
-        covars,
-        viewmats,
-        Ks,
-        width,
-        height,
-        eps2d=eps2d,
-        near_plane=near_plane,
-        far_plane=far_plane,
-        calc_compensations=rasterize_mode == "antialiased",
-    )
+    fixed_cameras = not (viewmats.requires_grad or Ks.requires_grad)
+    if kernels is not None and fixed_cameras and covars is None and rasterize_mode == "classic":
+        per_camera = [
+            kernels.project(means, quats, scales, viewmats[c], Ks[c], width, height, eps2d, near_plane, far_plane)
+            for c in range(n_cameras)
+        ]
+        radii, means2d, depths, conics = (torch.stack(parts) for parts in zip(*per_camera))
+        compensations = None
+    else:
+        if covars is None:
+            rotations = _quat_to_rotmat(quats)  # normalises the quaternions
+            scaled = rotations * scales[:, None, :]
+            covars = scaled @ scaled.transpose(-1, -2)
+        radii, means2d, depths, conics, compensations = _fully_fused_projection(
+            means,
+            covars,
+            viewmats,
+            Ks,
+            width,
+            height,
+            eps2d=eps2d,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            calc_compensations=rasterize_mode == "antialiased",
+        )
     if radius_clip > 0:
         radii = torch.where(radii.float() <= radius_clip, torch.zeros_like(radii), radii)
     camera_opacities = opacities[None].expand(n_cameras, -1)
@@ -307,9 +344,14 @@ def rasterize_torch(
         camera_colors = colors[None].expand(n_cameras, -1, -1) if colors.dim() == 2 else colors
     else:
         camera_centres = torch.inverse(viewmats)[:, :3, 3]
-        directions = means[None] - camera_centres[:, None]  # [C, N, 3]
-        coeffs = colors[None].expand(n_cameras, -1, -1, -1) if colors.dim() == 3 else colors
-        camera_colors = torch.clamp_min(_spherical_harmonics(sh_degree, directions, coeffs) + 0.5, 0.0)
+        if kernels is not None and fixed_cameras and colors.dim() == 3:
+            camera_colors = torch.stack(
+                [kernels.spherical_harmonics(sh_degree, means, colors, centre) for centre in camera_centres]
+            )
+        else:
+            directions = means[None] - camera_centres[:, None]  # [C, N, 3]
+            coeffs = colors[None].expand(n_cameras, -1, -1, -1) if colors.dim() == 3 else colors
+            camera_colors = torch.clamp_min(_spherical_harmonics(sh_degree, directions, coeffs) + 0.5, 0.0)
 
     if render_mode in ("RGB+D", "RGB+ED"):
         camera_colors = torch.cat([camera_colors, depths[..., None]], dim=-1)
@@ -335,6 +377,7 @@ def rasterize_torch(
             None if absgrad_buffer is None else absgrad_buffer[c],
             max_pairs_per_chunk,
             pair_observer,
+            kernels,
         )
         if backgrounds is not None:
             image = image + (1.0 - alpha) * backgrounds[c]
