@@ -34,6 +34,7 @@ from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfi
 from distilled_splat.decimation import decimate_gaussians, gaussians_from_ply
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exporters import read_3dgs_ply
+from distilled_splat.files import write_atomically
 from distilled_splat.fingerprints import combined_fingerprint, fingerprint_parts
 from distilled_splat.frontier_report import write_frontier
 from distilled_splat.recipe import TEACHER_METHODS, Recipe
@@ -47,7 +48,6 @@ from distilled_splat.training import (
     last_step_checkpoint,
     refuse_other_settings,
     train,
-    write_atomically,
 )
 
 CHOICES = "; ".join(f"{name}: {contender.description}" for name, contender in CONTENDERS.items())

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from distilled_splat.contenders import ALTERNATIVES, markdown_table
-from distilled_splat.training import evaluate, export_compact, gaussian_count, write_atomically
+from distilled_splat.files import write_atomically
+from distilled_splat.training import evaluate, export_compact, gaussian_count
 
 if TYPE_CHECKING:
     from distilled_splat.frontier import Frontier

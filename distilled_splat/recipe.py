@@ -24,6 +24,7 @@ from distilled_splat.data.datamanager import scene_notes
 from distilled_splat.data.scene_checks import check_frames
 from distilled_splat.data.scene_inputs import dataparser_for, find_scene
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.files import write_atomically
 from distilled_splat.method_configs import (
     distilled_splatfacto,
     distilled_splatfacto_paper,
@@ -42,7 +43,6 @@ from distilled_splat.training import (
     refuse_other_settings,
     resolve_device,
     train,
-    write_atomically,
 )
 
 TeacherName = Literal["vanilla", "noise", "dropout"]

@@ -15,8 +15,9 @@ from rich.table import Table
 
 from distilled_splat import splat_transform
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.files import write_atomically
 from distilled_splat.recipe import COMPACT_FORMATS, STUDENT, Recipe
-from distilled_splat.training import export_compact, gaussian_count, write_atomically
+from distilled_splat.training import export_compact, gaussian_count
 
 FIELDS = (
     "psnr",

@@ -17,6 +17,7 @@ from nerfstudio.utils import writer as event_writers
 
 from distilled_splat.data.datamanager import require_device
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.files import write_atomically
 from distilled_splat.fingerprints import FINGERPRINT_FILE, fingerprint_parts, read_recorded_parts
 from distilled_splat.teachers import checkpoint_steps, read_config
 
@@ -146,28 +147,6 @@ def gaussian_count(config: TrainerConfig) -> int:
     """Number of Gaussians in the run's final checkpoint."""
     state = torch.load(last_step_checkpoint(config), map_location="cpu")["pipeline"]
     return int(state["_model.gauss_params.means"].shape[0])
-
-
-def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write`` with a temporary path beside ``target`` and move the result into place when it succeeds.
-
-    A failed write (disk full, no permission) leaves ``target`` as it was and raises a one-line error.
-    """
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
-        os.close(handle)
-    except OSError as err:
-        raise DistilledSplatError(f"cannot write {target}: {err.strerror or err}") from None
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)  # mkstemp makes files only their owner can read
-        os.replace(temporary, target)
-    except OSError as err:
-        raise DistilledSplatError(f"cannot write {target}: {err.strerror or err}") from None
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return target
 
 
 def evaluate(config_path: Path, output_json: Path) -> Dict[str, float]:

@@ -23,7 +23,7 @@ from jaxtyping import Float
 
 from distilled_splat import splat_transform
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.training import write_atomically
+from distilled_splat.files import write_atomically
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 """The viewer's 180-degree turn about z of every splat file it shows."""
