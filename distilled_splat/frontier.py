@@ -23,7 +23,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import tyro
-import yaml
 from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typing_extensions import Annotated
@@ -201,7 +200,11 @@ class Frontier:
             # A model made without training has nothing in its config that tells its budget.
             **({} if contender.trains else {"decimated_to": self.budget_count(spec.budget)}),
             # cut-method auto merges only where splat-transform is installed.
-            **({"merges": splat_transform.find() is not None} if "cut_method: auto" in yaml.dump(config) else {}),
+            **(
+                {"merges": splat_transform.find() is not None}
+                if getattr(config.pipeline.model, "cut_method", None) == "auto"
+                else {}
+            ),
         }
         return combined_fingerprint(fingerprint_parts(config), extra)
 
