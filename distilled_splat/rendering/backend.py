@@ -47,7 +47,8 @@ def rasterize(
     On CUDA tensors this is gsplat itself. Elsewhere it is :func:`rasterize_torch`, which returns the same
     ``meta`` keys (``means2d`` with gradients, ``radii``, ``width``, ``height``, ``n_cameras``, ...), so
     gsplat's densification strategies work unchanged on both paths; on the CPU its projection, SH and
-    compositing are the C++ kernels unless ``DISTILLED_SPLAT_RASTERIZER=torch`` (or a ``pair_observer``, which needs PyTorch's pairs).
+    compositing are the C++ kernels unless ``DISTILLED_SPLAT_RASTERIZER=torch`` or a ``pair_observer`` is given
+    (it needs PyTorch's pairs).
     """
     if uses_gsplat(means.device):
         from gsplat.rendering import rasterization  # imported lazily: it can JIT-compile CUDA code
