@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, get_args
@@ -13,9 +14,10 @@ from distilled_splat.data.synthetic import PRESETS, write_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exporters import Format
 from distilled_splat.frontier import Frontier, FrontierSettings
-from distilled_splat.recipe import Recipe, RecipeSettings, StudentRecipe
+from distilled_splat.given_model import Frame, GivenModel, GivenTeacher
+from distilled_splat.recipe import DEFAULT_STEPS, Recipe, RecipeSettings, StudentRecipe
 from distilled_splat.report import write_report
-from distilled_splat.training import export_compact
+from distilled_splat.training import export_compact, resolve_device
 
 
 @dataclass
@@ -68,6 +70,47 @@ class Demo:
         Run(scene, self.output, self.settings).main()
 
 
+PLY_STEPS = 30_000
+"""Steps counted for a given PLY's training, which the file does not record: 3DGS's and splatfacto's default."""
+
+
+@dataclass
+class GivenOptions:
+    """The model you already have, used as the vanilla teacher: nothing is retrained."""
+
+    teacher: Optional[Path] = None
+    """A Gaussian splat run on --data (its folder or config.yml): nerfstudio's splatfacto or splatfacto-big, or one
+    of distilled-splat's methods."""
+    ply: Optional[Path] = None
+    """Or: a 3DGS PLY of the scene at --data (from the reference 3DGS code, gsplat, ns-export, ...)."""
+    frame: Frame = "auto"
+    """Frame of the PLY: 'world' (the scene's own: COLMAP's, as the reference 3DGS code writes), 'normalised'
+    (nerfstudio's training frame, as ns-export gaussian-splat writes) or 'auto' (whichever its renders line up
+    with the photos in). The student is written back in the same frame."""
+    sh_degree: Optional[int] = None
+    """SH degree the given model must hold (default: whatever it holds); teacher and student use it."""
+    teacher_steps: Optional[int] = None
+    """Steps the given model was trained, counted in the total optimisation reports give (default: the run's own;
+    30000, 3DGS's default, for a PLY)."""
+
+    def given(self) -> Optional[GivenTeacher]:
+        if self.teacher is not None and self.ply is not None:
+            raise DistilledSplatError("give one of --teacher (a splat run) and --ply (a 3DGS PLY), not both")
+        if self.teacher is None and self.ply is None:
+            return None
+        kind, path = ("run", self.teacher) if self.teacher is not None else ("ply", self.ply)
+        if self.teacher is not None and self.frame != "auto":
+            raise DistilledSplatError("--frame is for --ply: a run records its own frame")
+        return GivenTeacher.of(GivenModel(kind, path, self.frame, self.sh_degree))
+
+    def settings_for(self, given: GivenTeacher, settings: RecipeSettings) -> RecipeSettings:
+        """``settings`` whose --steps (and --student-steps) are the student's; the teacher's are the given model's."""
+        settings.check()
+        student = settings.student_steps or settings.steps or DEFAULT_STEPS[resolve_device(settings.device)]
+        teacher = self.teacher_steps or given.model.steps() or PLY_STEPS
+        return dataclasses.replace(settings, steps=teacher, student_steps=student, teachers=("vanilla",))
+
+
 @dataclass
 class FrontierRecipeSettings(RecipeSettings):
     """The settings of `run`, less its single budget and recipe: the frontier's budgets come from --budgets, and it
@@ -93,9 +136,50 @@ class FrontierCommand:
     """Output folder; the same as a `run`'s reuses its teachers."""
     settings: tyro.conf.OmitArgPrefixes[FrontierRecipeSettings] = field(default_factory=FrontierRecipeSettings)
     frontier: tyro.conf.OmitArgPrefixes[FrontierSettings] = field(default_factory=FrontierSettings)
+    given: tyro.conf.OmitArgPrefixes[GivenOptions] = field(default_factory=GivenOptions)
+    """With --teacher or --ply, the contenders start from that model instead of a trained vanilla teacher; --steps
+    are then the students'."""
 
     def main(self) -> None:
-        Frontier(Recipe(self.data, self.output, self.settings), self.frontier).execute()
+        given = self.given.given()
+        settings = self.settings if given is None else self.given.settings_for(given, self.settings)
+        Frontier(Recipe(self.data, self.output, settings, given), self.frontier).execute()
+
+
+@dataclass
+class CompactSettings(RecipeSettings):
+    """The settings of `run` for the student; there is no teacher to train."""
+
+    steps: Optional[int] = None
+    """Training steps of the student (default: 30000 on CUDA, 1000 on CPU); all schedules are scaled from their
+    30k-step values to this length."""
+    student_steps: Optional[int] = None
+    """Same as --steps (overrides it)."""
+    teachers: tyro.conf.Suppress[Optional[tuple]] = None
+    teacher_args: tyro.conf.Suppress[str] = ""
+    recipe: tyro.conf.Suppress[StudentRecipe] = "gradual"
+
+
+@dataclass
+class Compact:
+    """Make a model you already have small: a splatfacto run or a 3DGS PLY becomes the vanilla teacher, unchanged
+    and untrained, and the student is trained from it as `run` trains it. Writes what `run` writes (student.ply,
+    .spz, .sog, exports/, report.md); the given model is evaluated on the same held-out views as the student."""
+
+    data: Path
+    """The scene the model was trained on (as for `run`)."""
+    output: Path
+    """Folder for the runs, the student's files and the report."""
+    given: tyro.conf.OmitArgPrefixes[GivenOptions] = field(default_factory=GivenOptions)
+    settings: tyro.conf.OmitArgPrefixes[CompactSettings] = field(default_factory=CompactSettings)
+
+    def main(self) -> None:
+        given = self.given.given()
+        if given is None:
+            raise DistilledSplatError("give the model to compact: --teacher RUN or --ply MODEL.ply")
+        recipe = Recipe(self.data, self.output, self.given.settings_for(given, self.settings), given)
+        recipe.execute()
+        write_report(recipe)
 
 
 @dataclass
@@ -142,6 +226,6 @@ class Export:
 
 def entrypoint() -> None:
     commands = {
-        "run": Run, "demo": Demo, "frontier": FrontierCommand, "report": Report, "scene": Scene, "export": Export,
+        "run": Run, "compact": Compact, "demo": Demo, "frontier": FrontierCommand, "report": Report, "scene": Scene, "export": Export,
     }  # fmt: skip
     tyro.extras.subcommand_cli_from_dict(commands).main()

@@ -35,7 +35,7 @@ from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exporters import read_3dgs_ply
 from distilled_splat.files import write_atomically
 from distilled_splat.fingerprints import combined_fingerprint, fingerprint_parts
-from distilled_splat.frontier_report import write_frontier
+from distilled_splat.frontier_report import summarise, write_frontier
 from distilled_splat.recipe import TEACHER_METHODS, Recipe
 from distilled_splat.teachers import fingerprint as file_fingerprint
 from distilled_splat.training import (
@@ -299,14 +299,47 @@ class Frontier:
             else:
                 self.run_parallel(pending, progress, overall)
         current, _ = self.rows()
-        markdown = write_frontier(self, current)
-        print(markdown)
+        print(write_frontier(self.record(current), self.recipe.output))
         return current
 
     def finished(self, progress: Progress, overall) -> None:
         """After each model: the tables and plot cover what is finished so far, so an interrupted frontier has them."""
         progress.advance(overall)
-        write_frontier(self, self.rows()[0])
+        write_frontier(self.record(self.rows()[0]), self.recipe.output)
+
+    def record(self, rows: List[Dict]) -> Dict:
+        """What frontier.json holds for ``rows``: everything its tables and plot are made from."""
+        record = {
+            "settings": self.settings_record(),
+            "frontier": {name: getattr(self.settings, name) for name in self.settings.__dataclass_fields__},
+            "vanilla_teacher": self.vanilla_result(),
+            # The plan of the command that wrote this file; "rows" holds every model of these settings the folder
+            # has, whichever command made it.
+            "this_command": {"models_planned": len(self.specs()), "models_finished": self.finished_count()},
+            "rows_count": len(rows),
+            "unavailable": self.unavailable,
+            "rows": rows,
+            "summary": summarise(rows),
+        }
+        if self.settings.other_settings:
+            record["other_rows"] = self.rows()[1]
+        return record
+
+    def vanilla_result(self) -> Dict:
+        """The vanilla teacher's count, held-out metrics and SPZ size (evaluated and exported once)."""
+        config = self.vanilla_config()
+        config_path = config.get_base_dir() / "config.yml"
+        evaluation = self.folder / "evals" / "vanilla.json"
+        metrics = (
+            json.loads(evaluation.read_text())["results"] if evaluation.is_file() else evaluate(config_path, evaluation)
+        )
+        spz = self.folder / "exports" / "vanilla.spz"
+        if not spz.is_file():
+            export_compact(spz, "spz", load_config=config_path)
+        return {
+            "num_gaussians": gaussian_count(config), "psnr": metrics["psnr"], "ssim": metrics["ssim"],
+            "spz_bytes": spz.stat().st_size,
+        }  # fmt: skip
 
     def run_parallel(self, pending: List[ModelSpec], progress: Progress, overall) -> None:
         # Decimations, and the first model of each teacher cache, run here alone; the others then only read them.

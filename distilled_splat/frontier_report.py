@@ -6,14 +6,10 @@ import hashlib
 import json
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from distilled_splat.contenders import ALTERNATIVES, markdown_table
 from distilled_splat.files import write_atomically
-from distilled_splat.training import evaluate, export_compact, gaussian_count
-
-if TYPE_CHECKING:
-    from distilled_splat.frontier import Frontier
 
 
 def mean_and_spread(values: List[float]) -> Tuple[float, float]:
@@ -96,11 +92,14 @@ def settings_lines(settings: Dict, vanilla: Dict) -> List[str]:
     ]
 
 
-def markdown(frontier: "Frontier", summary: List[Dict], vanilla: Dict, other_rows: List[Dict]) -> str:
-    lines = [f"# Frontier: {frontier.recipe.data}", ""]
-    lines += settings_lines(frontier.settings_record(), vanilla) + [""] + table(summary)
+def markdown(record: Dict, title: str = "# Frontier") -> str:
+    """frontier.md of a frontier.json ``record``, under the heading ``title`` (its sections one level below)."""
+    summary, vanilla = record["summary"], record["vanilla_teacher"]
+    section = "#" * (title.count("#", 0, title.index(" ")) + 1)
+    lines = [f"{title}: {record['settings']['data']}", ""]
+    lines += settings_lines(record["settings"], vanilla) + [""] + table(summary)
     budgets = sorted({row["budget"] for row in summary})
-    lines += ["", "## Best at each budget", ""]
+    lines += ["", f"{section} Best at each budget", ""]
     for budget in budgets:
         ranked = sorted((row for row in summary if row["budget"] == budget), key=lambda row: -row["psnr"])
         if len(ranked) == 1:
@@ -111,7 +110,7 @@ def markdown(frontier: "Frontier", summary: List[Dict], vanilla: Dict, other_row
         lines.append(
             f"- {budget:g}: {best['method']} leads {second['method']} by {lead:.2f} dB ({verdict(lead, best, second)})"
         )
-    lines += ["", "## The student against the best alternative", ""]
+    lines += ["", f"{section} The student against the best alternative", ""]
     for budget in budgets:
         student = next((row for row in summary if row["budget"] == budget and row["method"] == "student"), None)
         others = [row for row in summary if row["budget"] == budget and row["method"] in ALTERNATIVES]
@@ -124,13 +123,13 @@ def markdown(frontier: "Frontier", summary: List[Dict], vanilla: Dict, other_row
             f"{student['ssim'] - best['ssim']:+.4f}; {student['num_gaussians']:,} against {best['num_gaussians']:,} "
             f"Gaussians, {student['spz_bytes'] / 1000:.1f} against {best['spz_bytes'] / 1000:.1f} KB"
         )
-    missing = [f"- {name}: not available ({reason})" for name, reason in frontier.unavailable.items()]
+    missing = [f"- {name}: not available ({reason})" for name, reason in record["unavailable"].items()]
     if missing:
-        lines += ["", "## Not run", "", *missing]
-    lines += ["", "## Contenders", "", markdown_table()]
-    if frontier.settings.other_settings and other_rows:
-        lines += ["", "## Results made under other settings (not comparable with the tables above)", ""]
-        for settings, rows in group_by_settings(other_rows):
+        lines += ["", f"{section} Not run", "", *missing]
+    lines += ["", f"{section} Contenders", "", markdown_table()]
+    if record.get("other_rows"):
+        lines += ["", f"{section} Results made under other settings (not comparable with the tables above)", ""]
+        for settings, rows in group_by_settings(record["other_rows"]):
             lines += [f"Settings: `{json.dumps(settings, sort_keys=True)}`", "", *table(summarise(rows)), ""]
     return "\n".join(lines) + "\n"
 
@@ -170,42 +169,11 @@ def plot(summary: List[Dict], vanilla: Dict, path: Path) -> None:
     save_figure(figure, path)
 
 
-def vanilla_result(frontier: "Frontier") -> Dict:
-    config = frontier.vanilla_config()
-    config_path = config.get_base_dir() / "config.yml"
-    evaluation = frontier.folder / "evals" / "vanilla.json"
-    metrics = (
-        json.loads(evaluation.read_text())["results"] if evaluation.is_file() else evaluate(config_path, evaluation)
-    )
-    spz = frontier.folder / "exports" / "vanilla.spz"
-    if not spz.is_file():
-        export_compact(spz, "spz", load_config=config_path)
-    return {
-        "num_gaussians": gaussian_count(config), "psnr": metrics["psnr"], "ssim": metrics["ssim"],
-        "spz_bytes": spz.stat().st_size,
-    }  # fmt: skip
-
-
-def write_frontier(frontier: "Frontier", rows: List[Dict]) -> str:
-    """Write frontier.json, frontier.md and frontier.png for ``rows``; returns the markdown."""
-    vanilla = vanilla_result(frontier)
-    summary = summarise(rows)
-    other_rows = frontier.rows()[1] if frontier.settings.other_settings else []
-    record = {
-        "settings": frontier.settings_record(),
-        "frontier": {name: getattr(frontier.settings, name) for name in frontier.settings.__dataclass_fields__},
-        "vanilla_teacher": vanilla,
-        # The plan of the command that wrote this file; "rows" holds every model of these settings the folder has,
-        # whichever command made it.
-        "this_command": {"models_planned": len(frontier.specs()), "models_finished": frontier.finished_count()},
-        "rows_count": len(rows),
-        "unavailable": frontier.unavailable,
-        "rows": rows,
-        "summary": summary,
-    }
-    folder = frontier.recipe.output
-    text = markdown(frontier, summary, vanilla, other_rows)
+def write_frontier(record: Dict, folder: Path) -> str:
+    """Write frontier.json, frontier.md and frontier.png of a frontier ``record`` into ``folder``; returns the
+    markdown."""
+    text = markdown(record)
     write_atomically(folder / "frontier.json", lambda path: path.write_text(json.dumps(record, indent=1)))
     write_atomically(folder / "frontier.md", lambda path: path.write_text(text))
-    plot(summary, vanilla, folder / "frontier.png")
+    plot(record["summary"], record["vanilla_teacher"], folder / "frontier.png")
     return text

@@ -25,6 +25,14 @@ from distilled_splat.data.scene_checks import check_frames
 from distilled_splat.data.scene_inputs import dataparser_for, find_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.files import write_atomically
+from distilled_splat.given_model import GivenTeacher
+from distilled_splat.importing import (
+    PreparedImport,
+    prepare_import,
+    training_to_given,
+    write_imported_run,
+    write_in_frame,
+)
 from distilled_splat.method_configs import (
     distilled_splatfacto,
     distilled_splatfacto_paper,
@@ -124,10 +132,13 @@ class Recipe:
     data: Path
     output: Path
     settings: RecipeSettings = field(default_factory=RecipeSettings)
+    given: Optional[GivenTeacher] = None
+    """A model the user already has, imported as the vanilla teacher instead of training one (`compact`)."""
 
     def __post_init__(self) -> None:
         self.settings.check()
         self.settings = self.settings.with_device_defaults()
+        self.prepared: Optional[PreparedImport] = None
 
     @property
     def runs(self) -> Path:
@@ -138,6 +149,9 @@ class Recipe:
             return self.student_config(self.settings.recipe)
         settings = self.settings
         config = self.run_config(TEACHER_METHODS[name].config, settings.steps)
+        if name == "vanilla" and self.given is not None:
+            config.timestamp = self.given.run_name
+            config.pipeline.model.sh_degree = self.given.sh_degree
         return self.with_args(config, settings.teacher_args)
 
     def student_config(self, recipe: StudentRecipe) -> TrainerConfig:
@@ -148,6 +162,8 @@ class Recipe:
         config.pipeline.datamanager.teachers = tuple(self.teacher_config_path(t) for t in self.teachers(recipe))
         config.pipeline.model.target_fraction = settings.target_fraction
         config.pipeline.model.target_gaussians = settings.target_gaussians
+        if self.given is not None:
+            config.pipeline.model.sh_degree = self.given.sh_degree
         return self.with_args(config, settings.student_args)
 
     @staticmethod
@@ -209,6 +225,8 @@ class Recipe:
     def save(self) -> None:
         """Record what this output folder holds, for ``distilled-splat report`` and for re-runs."""
         record = {"data": str(self.data.resolve()), "settings": dataclasses.asdict(self.settings)}
+        if self.given is not None:
+            record["given"] = self.given.to_record()
         write_atomically(self.output / "recipe.json", lambda path: path.write_text(json.dumps(record, indent=1)))
 
     @staticmethod
@@ -220,15 +238,17 @@ class Recipe:
                 f"{output} holds no finished `distilled-splat run` (no readable recipe.json)"
             ) from None
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in record["settings"].items()}
-        return Recipe(Path(record["data"]), output, RecipeSettings(**settings))
+        given = GivenTeacher.from_record(record["given"]) if "given" in record else None
+        return Recipe(Path(record["data"]), output, RecipeSettings(**settings), given)
 
     def execute(self) -> None:
         checked = check_frames(find_scene(self.data), self.settings.downscale)
         settings = self.settings
         student_steps = settings.student_steps
+        teachers = f"{settings.steps} steps per teacher" if self.given is None else self.given.model.describe()
         print(
             f"scene: {checked.scene.describe()}, {len(checked.frames)} views (every 8th held out); "
-            f"{settings.steps} steps per teacher, {student_steps} for the student, on {settings.device}"
+            f"{teachers}, {student_steps} steps for the student, on {settings.device}"
         )
         for note in scene_notes(checked):
             say_once(note)
@@ -236,6 +256,7 @@ class Recipe:
         configs = {name: self.method_config(name) for name in models}
         for config in configs.values():
             refuse_other_settings(config)  # before recipe.json says these settings made this folder's models
+        self.prepare_given(configs["vanilla"])
         self.save()
         unused = [name for name in self.teachers() if name != "vanilla"]
         student = configs[STUDENT].pipeline
@@ -264,28 +285,46 @@ class Recipe:
                     if not self.export_path(name, fmt).is_file():
                         export_compact(self.export_path(name, fmt), fmt, ply=self.ply_path(name))
                 progress.advance(overall)
+        # A given model's student goes back into that model's frame, so that it lands where the original was.
+        back = training_to_given(configs["vanilla"].get_base_dir()) if self.given is not None else None
         for fmt in [fmt for fmt in ("ply", "spz", "sog") if fmt in ("ply", *self.compact_formats())]:
-            exported = self.export_path(STUDENT, fmt)
-            write_atomically(
-                self.output / f"student.{fmt}", lambda path, src=exported: path.write_bytes(src.read_bytes())
-            )
+            exported, target = self.export_path(STUDENT, fmt), self.output / f"student.{fmt}"
+            if back is not None:
+                write_in_frame(self.ply_path(STUDENT), back, target, fmt)
+            else:
+                write_atomically(target, lambda path, src=exported: path.write_bytes(src.read_bytes()))
+
+    def prepare_given(self, config: TrainerConfig) -> None:
+        """Read and check the given model before anything is written (once: the frontier asks again)."""
+        if self.given is not None and self.prepared is None and not is_trained(config):
+            self.prepared = prepare_import(config, self.given.model, self.settings.target_gaussians)
 
     def train_stage(self, name: str, config: TrainerConfig, progress: Progress) -> None:
-        refuse_other_settings(config)
+        parts = refuse_other_settings(config)
         if is_trained(config):
-            progress.console.print(f"{name}: already trained, skipped")
+            progress.console.print(f"{name}: already {'imported' if self.is_given(name) else 'trained'}, skipped")
             return
         # What was evaluated or exported from an earlier model of this name is not this model's.
         for path in [self.eval_path(name), self.ply_path(name), *(self.export_path(name, f) for f in COMPACT_FORMATS)]:
             path.unlink(missing_ok=True)
-        task = progress.add_task(f"training {name}", total=config.max_num_iterations)
         started = time.perf_counter()
+        if self.is_given(name):  # imported, not trained: it has no training time of its own here
+            self.prepare_given(config)
+            write_imported_run(config, self.given.model, self.prepared, parts)
+            progress.console.print(
+                f"{name}: imported from {self.given.model.describe()}, {gaussian_count(config)} Gaussians"
+            )
+            return
+        task = progress.add_task(f"training {name}", total=config.max_num_iterations)
         train(config, on_step=lambda step: progress.update(task, completed=step + 1))
         progress.remove_task(task)
         timings = self.read_timings()
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
         write_atomically(self.timings_path(), lambda path: path.write_text(json.dumps(timings, indent=1)))
         progress.console.print(f"{name}: trained, {gaussian_count(config)} Gaussians")
+
+    def is_given(self, name: str) -> bool:
+        return name == "vanilla" and self.given is not None
 
     def read_timings(self) -> Dict[str, float]:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -10,10 +11,14 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import yaml
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.models.splatfacto import SplatfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
+from distilled_splat.data.datamanager import PortableDatamanagerConfig
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.models.portable_splatfacto import PortableSplatfactoModelConfig
 
 CHECKPOINT_NAME = re.compile(r"step-(\d+)\.ckpt")
 
@@ -86,9 +91,34 @@ def load_gaussians(checkpoint: Path) -> Dict[str, torch.Tensor]:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
+def as_portable(config: TrainerConfig) -> TrainerConfig:
+    """A run of nerfstudio's own splatfacto (or splatfacto-big) with this package's model and datamanager, which
+    render and load on any device (nerfstudio's need CUDA), and the same settings; ours come back unchanged."""
+
+    def carried(value, new_type: type):
+        shared = {f.name for f in dataclasses.fields(new_type) if f.init and f.name != "_target"}
+        return new_type(**{name: getattr(value, name) for name in shared if hasattr(value, name)})
+
+    pipeline = config.pipeline
+    if isinstance(pipeline.model, SplatfactoModelConfig) and not isinstance(
+        pipeline.model, PortableSplatfactoModelConfig
+    ):
+        pipeline.model = carried(pipeline.model, PortableSplatfactoModelConfig)
+    if type(pipeline.datamanager) is FullImageDatamanagerConfig:
+        pipeline.datamanager = carried(pipeline.datamanager, PortableDatamanagerConfig)
+        # nerfstudio holds out a fraction of the views by default, this package every 8th. The split changes
+        # neither the teacher's Gaussians nor its frame (normalised over all views), only which cameras it calls
+        # training ones, which check_same_cameras compares with the student's.
+        parser = pipeline.datamanager.dataparser
+        if hasattr(parser, "eval_mode"):
+            parser.eval_mode, parser.eval_interval = "interval", 8
+    return config
+
+
 def load_teacher(config_path: Path, device: torch.device) -> Tuple[Pipeline, Path]:
-    """A teacher's pipeline in inference mode with its final checkpoint loaded; returns (pipeline, checkpoint)."""
-    config = read_config(config_path)
+    """A teacher's pipeline in inference mode with its final checkpoint loaded; returns (pipeline, checkpoint).
+    nerfstudio's own splatfacto runs load into the portable model (:func:`as_portable`)."""
+    config = as_portable(read_config(config_path))
     checkpoint = final_checkpoint(config_path, config)
     try:
         pipeline = config.pipeline.setup(device=device, test_mode="inference")

@@ -324,6 +324,30 @@ MUTANTS = {
         "    return (0.0, 0.0, 0.0), settings",
         "tests/test_web_viewer.py::test_student_page_opens_at_the_held_out_view",
     ),
+    "SH coefficients turned the wrong way": (
+        "distilled_splat/frames.py",
+        "return torch.linalg.lstsq(basis, basis_turned).solution",
+        "return torch.linalg.lstsq(basis, basis_turned).solution.T",
+        "tests/test_compact.py::test_sh_rotation_keeps_every_colour",
+    ),
+    "a PLY is only ever read in the training frame": (
+        "distilled_splat/importing.py",
+        'frames = {"normalised": Similarity.identity(), "world": world_to_training}',
+        'frames = {"normalised": Similarity.identity(), "world": Similarity.identity()}',
+        "tests/test_compact.py::test_a_world_frame_ply_is_found_in_its_frame_and_the_student_goes_back_there",
+    ),
+    "the student stays in the training frame": (
+        "distilled_splat/recipe.py",
+        "            if back is not None:\n                write_in_frame(",
+        "            if False:\n                write_in_frame(",
+        "tests/test_compact.py::test_a_world_frame_ply_is_found_in_its_frame_and_the_student_goes_back_there",
+    ),
+    "nerfstudio's splatfacto runs load as they are": (
+        "distilled_splat/teachers.py",
+        "    config = as_portable(read_config(config_path))",
+        "    config = read_config(config_path)",
+        "tests/test_compact.py::test_nerfstudio_splatfacto_runs_teach_through_ns_train_on_cpu",
+    ),
 }
 
 

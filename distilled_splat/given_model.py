@@ -1,0 +1,152 @@
+"""A splat model the user already has, as ``compact --teacher`` or ``--ply`` names it: which file holds it, its
+SH degree, and its Gaussians read as splatfacto holds them, in the model's own frame."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Literal, Optional
+
+import numpy as np
+import torch
+from nerfstudio.models.splatfacto import SH2RGB, SplatfactoModelConfig
+from torch import Tensor
+
+from distilled_splat.errors import DistilledSplatError
+from distilled_splat.teachers import final_checkpoint, fingerprint, load_gaussians, read_config, teacher_config_path
+
+GivenKind = Literal["run", "ply"]
+Frame = Literal["auto", "normalised", "world"]
+
+
+@dataclass(frozen=True)
+class GivenModel:
+    """What ``compact --teacher`` or ``--ply`` was given, and the frame the user says a PLY is in."""
+
+    kind: GivenKind
+    path: Path
+    frame: Frame = "auto"
+    sh_degree: Optional[int] = None
+    """The SH degree asked for; None takes the model's own."""
+
+    def source_file(self) -> Path:
+        """The file holding the Gaussians: the run's final checkpoint, or the PLY."""
+        if self.kind == "ply":
+            if not self.path.is_file():
+                raise DistilledSplatError(f"--ply {self.path}: no such file")
+            return self.path
+        config_path = teacher_config_path(self.path)
+        config = read_config(config_path)
+        if not isinstance(config.pipeline.model, SplatfactoModelConfig):
+            raise DistilledSplatError(
+                f"--teacher {self.path} was trained with {config.method_name}, not a Gaussian splat method "
+                "(splatfacto, splatfacto-big or one of distilled-splat's)"
+            )
+        return final_checkpoint(config_path, config)
+
+    def own_sh_degree(self) -> int:
+        """The SH degree the model holds (a PLY's is read from its header)."""
+        if self.kind == "run":
+            return int(read_config(teacher_config_path(self.path)).pipeline.model.sh_degree)
+        rest = sum(1 for name in ply_properties(self.path) if name.startswith("f_rest_"))
+        degree = int(round(math.sqrt(rest // 3 + 1))) - 1
+        if rest % 3 or (degree + 1) ** 2 - 1 != rest // 3:
+            raise DistilledSplatError(f"--ply {self.path}: {rest} f_rest fields make no whole SH degree")
+        return degree
+
+    def degree(self) -> int:
+        """The SH degree the teacher and the student use: the model's own, which must be the one asked for."""
+        own = self.own_sh_degree()
+        if self.sh_degree is not None and self.sh_degree != own:
+            raise DistilledSplatError(
+                f"{self.describe()} holds SH degree {own}, not the --sh-degree {self.sh_degree} asked for"
+            )
+        return own
+
+    def steps(self) -> Optional[int]:
+        """Training steps of a run (None for a PLY: the file does not say)."""
+        if self.kind == "ply":
+            return None
+        return int(read_config(teacher_config_path(self.path)).max_num_iterations)
+
+    def run_name(self) -> str:
+        """The imported run's folder name: another model, or another frame asked for, is another run."""
+        digest = hashlib.sha256(f"{fingerprint(self.source_file())}:{self.kind}:{self.frame}".encode()).hexdigest()
+        return f"given-{self.kind}-{digest[:12]}"
+
+    def describe(self) -> str:
+        return f"--{'teacher' if self.kind == 'run' else 'ply'} {self.path}"
+
+    def to_record(self) -> Dict:
+        return {"kind": self.kind, "path": str(self.path), "frame": self.frame, "sh_degree": self.sh_degree}
+
+    @staticmethod
+    def from_record(record: Dict) -> "GivenModel":
+        return GivenModel(record["kind"], Path(record["path"]), record["frame"], record.get("sh_degree"))
+
+
+@dataclass(frozen=True)
+class GivenTeacher:
+    """A given model as a recipe's vanilla teacher: the model, the name of the run it becomes and its SH degree,
+    settled once (naming the run reads the whole source file)."""
+
+    model: GivenModel
+    run_name: str
+    sh_degree: int
+
+    @staticmethod
+    def of(model: GivenModel) -> "GivenTeacher":
+        model.source_file()  # refuses a missing file, a method that is not a splat, an unfinished run
+        return GivenTeacher(model, model.run_name(), model.degree())
+
+    def to_record(self) -> Dict:
+        return {**self.model.to_record(), "run_name": self.run_name, "sh_degree_used": self.sh_degree}
+
+    @staticmethod
+    def from_record(record: Dict) -> "GivenTeacher":
+        return GivenTeacher(GivenModel.from_record(record), record["run_name"], int(record["sh_degree_used"]))
+
+
+def ply_properties(path: Path) -> List[str]:
+    """The vertex property names in a PLY's header."""
+    names = []
+    try:
+        with open(path, "rb") as handle:
+            for _ in range(10_000):
+                line = handle.readline().decode("ascii", errors="replace").strip()
+                if line.startswith("property"):
+                    names.append(line.split()[-1])
+                if line == "end_header" or not line:
+                    break
+    except OSError as err:
+        raise DistilledSplatError(f"--ply {path}: {err.strerror or err}") from None
+    return names
+
+
+def read_gaussians(given: GivenModel, sh_degree: int) -> Dict[str, Tensor]:
+    """The given model's Gaussians as splatfacto holds them, in the model's own frame."""
+    if given.kind == "run":
+        return load_gaussians(given.source_file())
+    from distilled_splat.exporters import read_3dgs_ply
+
+    needed = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2"}
+    needed |= {f"rot_{i}" for i in range(4)}
+    missing = sorted(needed - set(ply_properties(given.path)))
+    if missing:
+        raise DistilledSplatError(f"--ply {given.path} is not a 3DGS PLY: it lacks {' '.join(missing)}")
+    splats = read_3dgs_ply(given.path)
+    dc = torch.from_numpy(splats.f_dc)
+    if (
+        sh_degree == 0
+    ):  # splatfacto keeps a degree-0 model's colour as a logit (see DistilledSplatfactoModel.start_from)
+        dc = torch.logit(SH2RGB(dc).clamp(1e-4, 1 - 1e-4))
+    return {
+        "means": torch.from_numpy(splats.means),
+        "scales": torch.from_numpy(splats.log_scales),
+        "quats": torch.from_numpy(splats.quats),
+        "opacities": torch.from_numpy(splats.opacity)[:, None],
+        "features_dc": dc,
+        "features_rest": torch.from_numpy(np.ascontiguousarray(splats.f_rest.transpose(0, 2, 1))),
+    }
