@@ -26,10 +26,11 @@ from rich.console import Console
 from rich.table import Table
 
 from distilled_splat.data.teacher_cache import load_or_build, render_premultiplied
+from distilled_splat.devices import resolve_device
 from distilled_splat.losses import StructureLoss, structure_loss
 from distilled_splat.recipe import STUDENT, Recipe
 from distilled_splat.teachers import load_teacher, teacher_config_path
-from distilled_splat.training import last_step_checkpoint, resolve_device
+from distilled_splat.training import last_step_checkpoint
 
 
 def synchronize(device: torch.device) -> None:

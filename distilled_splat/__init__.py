@@ -1,6 +1,7 @@
 """distilled-splat: Distilled-3DGS (arXiv 2508.14037) as a nerfstudio plugin."""
 
 import os
+import warnings
 
 # PyTorch's OpenMP threads spin for a while after each parallel op before they sleep (libgomp's default). With two
 # trainings on one CPU (a frontier's --jobs, a test beside a benchmark) each spinning thread takes a core from the
@@ -10,6 +11,14 @@ import os
 # command and its tests, not ns-train (set it in the shell there). A value the user set is kept.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+
+# Third-party deprecation notices that say nothing to a user of these commands (nerfstudio 1.1.5 on torch 2.14).
+for _message, _category in (
+    (r"`torch\.jit\.script` is deprecated", FutureWarning),
+    (r".*torch\.cuda\.amp\.GradScaler.*is deprecated", FutureWarning),
+    (r"Converting a tensor with requires_grad=True to a scalar", UserWarning),
+):
+    warnings.filterwarnings("ignore", message=_message, category=_category)
 
 from distilled_splat.compat import install_compat  # noqa: E402
 

@@ -11,13 +11,14 @@ import tyro
 
 from distilled_splat.data.scene_checks import check_scene
 from distilled_splat.data.synthetic import PRESETS, write_scene
+from distilled_splat.devices import resolve_device
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exporters import Format
 from distilled_splat.frontier import Frontier, FrontierSettings
 from distilled_splat.given_model import Frame, GivenModel, GivenTeacher
 from distilled_splat.recipe import DEFAULT_STEPS, Recipe, RecipeSettings, StudentRecipe
 from distilled_splat.report import write_report
-from distilled_splat.training import export_compact, resolve_device
+from distilled_splat.training import export_compact
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 from distilled_splat.contenders import ALTERNATIVES, markdown_table
 from distilled_splat.files import write_atomically
+from distilled_splat.plots import log_psnr_axes, new_figure, save_figure
 
 
 def mean_and_spread(values: List[float]) -> Tuple[float, float]:
@@ -145,14 +146,7 @@ def group_by_settings(rows: List[Dict]) -> List[Tuple[Dict, List[Dict]]]:
 
 def plot(summary: List[Dict], vanilla: Dict, path: Path) -> None:
     """Two panels: held-out PSNR against the Gaussian count and against the SPZ file size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from distilled_splat.report import log_psnr_axes, save_figure
-
-    figure, panels = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    figure, panels = new_figure(nrows=1, ncols=2, figsize=(11, 4.2), sharey=True)
     for axes, key, label, scale in (
         (panels[0], "num_gaussians", "Gaussians", 1),
         (panels[1], "spz_bytes", "SPZ KB", 1e3),

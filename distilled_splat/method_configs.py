@@ -18,8 +18,9 @@ from nerfstudio.models.splatfacto import SplatfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from distilled_splat.data.datamanager import PortableDatamanagerConfig, require_device
+from distilled_splat.data.datamanager import PortableDatamanagerConfig
 from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfig
+from distilled_splat.devices import require_device
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.models.distilled_splatfacto import DistilledSplatfactoModelConfig
 from distilled_splat.models.dropout_splatfacto import DropoutSplatfactoModelConfig

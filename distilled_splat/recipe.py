@@ -23,6 +23,7 @@ from distilled_splat import splat_transform
 from distilled_splat.data.datamanager import scene_notes
 from distilled_splat.data.scene_checks import check_frames
 from distilled_splat.data.scene_inputs import dataparser_for, find_scene
+from distilled_splat.devices import resolve_device
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.files import write_atomically
 from distilled_splat.given_model import GivenTeacher
@@ -49,7 +50,6 @@ from distilled_splat.training import (
     gaussian_count,
     is_trained,
     refuse_other_settings,
-    resolve_device,
     train,
 )
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from distilled_splat import splat_transform
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.files import write_atomically
+from distilled_splat.plots import log_psnr_axes, new_figure, save_figure
 from distilled_splat.recipe import COMPACT_FORMATS, STUDENT, Recipe
 from distilled_splat.training import export_compact, gaussian_count
 
@@ -138,12 +139,7 @@ def markdown(
 
 
 def plot(rows: Dict[str, Dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5.5, 3.5))
+    figure, axes = new_figure(figsize=(5.5, 3.5))
     markers = {"vanilla": "o", "noise": "s", "dropout": "^", STUDENT: "*"}
     for model, row in rows.items():
         size = 140 if model == STUDENT else 50
@@ -153,28 +149,6 @@ def plot(rows: Dict[str, Dict], path: Path) -> None:
     axes.legend(loc="lower right", fontsize="small")
     log_psnr_axes(axes)
     save_figure(figure, path)
-
-
-def log_psnr_axes(axes, xlabel: str = "Gaussians") -> None:
-    """Held-out PSNR against a count on a log axis with plain tick labels (not matplotlib's crowded 2x10^3)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    axes.set_xscale("log")
-    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    axes.xaxis.set_minor_formatter(NullFormatter())
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel("held-out PSNR (dB)")
-    axes.grid(alpha=0.3)
-
-
-def save_figure(figure, path: Path) -> None:
-    """Write a matplotlib figure as PNG, atomically, and free it."""
-    import matplotlib.pyplot as plt
-
-    figure.tight_layout()
-    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
-    plt.close(figure)
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils import writer as event_writers
 
-from distilled_splat.data.datamanager import require_device
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.files import write_atomically
 from distilled_splat.fingerprints import FINGERPRINT_FILE, fingerprint_parts, read_recorded_parts
@@ -23,13 +22,6 @@ from distilled_splat.teachers import checkpoint_steps, read_config
 
 if TYPE_CHECKING:
     from distilled_splat.web_viewer import OpeningView
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` where a CUDA device exists and ``cpu`` elsewhere; others are checked."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return require_device(device).type
 
 
 def run_dir(config: TrainerConfig) -> Path:

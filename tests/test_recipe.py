@@ -444,3 +444,12 @@ def test_report_links_the_viewer_pages_and_gives_sog_bytes(finished_run):
         text = (finished_run / page).read_text()
         assert text.startswith("<!DOCTYPE html>") and '"startMode":"animTrack"' in text.replace(" ", "")
     assert 0 < report["models"]["student"]["sog_bytes"] and (finished_run / "student.sog").is_file()
+
+
+def test_our_commands_print_no_third_party_deprecation_notices(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
+    result = subprocess.run(
+        [str(BIN / "distilled-splat"), "scene", "--output", str(tmp_path / "tiny"), "--preset", "tiny"],
+        capture_output=True, text=True, env=env, timeout=300, check=True,
+    )  # fmt: skip
+    assert "Warning" not in result.stderr and "deprecated" not in result.stderr, result.stderr

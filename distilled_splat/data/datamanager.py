@@ -12,21 +12,8 @@ from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 
 from distilled_splat.data.scene_checks import CheckedScene, check_frames
 from distilled_splat.data.scene_inputs import scene_for_dataparser
-from distilled_splat.errors import DistilledSplatError
+from distilled_splat.devices import require_device
 from distilled_splat.notices import say_once
-
-
-def require_device(device: Union[torch.device, str]) -> torch.device:
-    """The device, or a one-line error when it does not exist on this machine."""
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise DistilledSplatError(f"unknown device {device!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DistilledSplatError("--machine.device-type cuda was asked for but no CUDA device is available; use cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DistilledSplatError("--machine.device-type mps was asked for but MPS is not available; use cpu")
-    return device
 
 
 def scene_notes(checked: CheckedScene) -> List[str]:
