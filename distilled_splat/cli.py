@@ -13,12 +13,12 @@ from distilled_splat.data.scene_checks import check_scene
 from distilled_splat.data.synthetic import PRESETS, write_scene
 from distilled_splat.devices import resolve_device
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.exporters import Format
-from distilled_splat.frontier import Frontier, FrontierSettings
+from distilled_splat.exports.exporters import Format
+from distilled_splat.exports.writer import export_compact
+from distilled_splat.frontier.frontier import Frontier, FrontierSettings
 from distilled_splat.given_model import Frame, GivenModel, GivenTeacher
 from distilled_splat.recipe import DEFAULT_STEPS, Recipe, RecipeSettings, StudentRecipe
 from distilled_splat.report import write_report
-from distilled_splat.training import export_compact
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from distilled_splat import splat_transform
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.exporters import SplatArrays, encode_ply, read_3dgs_ply
+from distilled_splat.exports import splat_transform
+from distilled_splat.exports.exporters import SplatArrays, encode_ply, read_3dgs_ply
 
 
 def gaussians_from_ply(splats: SplatArrays) -> Dict[str, Tensor]:

@@ -129,7 +129,7 @@ def read_gaussians(given: GivenModel, sh_degree: int) -> Dict[str, Tensor]:
     """The given model's Gaussians as splatfacto holds them, in the model's own frame."""
     if given.kind == "run":
         return load_gaussians(given.source_file())
-    from distilled_splat.exporters import read_3dgs_ply
+    from distilled_splat.exports.exporters import read_3dgs_ply
 
     needed = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2"}
     needed |= {f"rot_{i}" for i in range(4)}

@@ -187,8 +187,8 @@ def training_to_given(run: Path) -> Optional[Similarity]:
 
 def write_in_frame(ply: Path, similarity: Similarity, target: Path, fmt: str) -> None:
     """The 3DGS PLY ``ply`` moved by ``similarity`` and written as ``fmt`` at ``target``."""
-    from distilled_splat.exporters import SplatArrays, encode_ply, read_3dgs_ply
-    from distilled_splat.training import export_compact
+    from distilled_splat.exports.exporters import SplatArrays, encode_ply, read_3dgs_ply
+    from distilled_splat.exports.writer import export_compact
 
     splats = read_3dgs_ply(ply)
     moved = transform_gaussians(

@@ -19,12 +19,13 @@ import tyro
 from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from distilled_splat import splat_transform
 from distilled_splat.data.datamanager import scene_notes
 from distilled_splat.data.scene_checks import check_frames
 from distilled_splat.data.scene_inputs import dataparser_for, find_scene
 from distilled_splat.devices import resolve_device
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.exports import splat_transform
+from distilled_splat.exports.writer import export_compact
 from distilled_splat.files import write_atomically
 from distilled_splat.given_model import GivenTeacher
 from distilled_splat.importing import (
@@ -45,7 +46,6 @@ from distilled_splat.notices import say_once
 from distilled_splat.schedules import scale_to_run_length
 from distilled_splat.training import (
     evaluate,
-    export_compact,
     export_ply,
     gaussian_count,
     is_trained,
@@ -63,7 +63,7 @@ RECIPE_TEACHERS: Dict[str, Tuple[TeacherName, ...]] = {
     "paper": ("vanilla", "noise", "dropout"),
 }
 COMPACT_FORMATS = ("spz", "splat", "sog")
-"""Written for every model next to its PLY (see distilled_splat/exporters.py); sog where splat-transform is."""
+"""Written for every model next to its PLY (see distilled_splat/exports/exporters.py); sog where splat-transform is."""
 DEFAULT_STEPS = {"cuda": 30_000, "cpu": 1000}
 """Steps per model when --steps is not given: the paper's 30000 with gsplat on a GPU. On a 2-core CPU the vanilla
 teacher of the 135x240 fox capture trained at about 130 steps a minute (28,000 Gaussians by step 900), so four

@@ -13,12 +13,13 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
-from distilled_splat import splat_transform
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.exports import splat_transform
+from distilled_splat.exports.writer import export_compact
 from distilled_splat.files import write_atomically
 from distilled_splat.plots import log_psnr_axes, new_figure, save_figure
 from distilled_splat.recipe import COMPACT_FORMATS, STUDENT, Recipe
-from distilled_splat.training import export_compact, gaussian_count
+from distilled_splat.training import gaussian_count
 
 FIELDS = (
     "psnr",
@@ -98,7 +99,7 @@ VIEWER_PAGES = {"vanilla": "report/viewer/teacher.html", STUDENT: "report/viewer
 def write_viewer_pages(recipe: Recipe) -> Optional[str]:
     """The teacher's and the student's interactive pages, opening at held-out view 0 (the report's first image);
     returns why they could not be written, or None."""
-    from distilled_splat.web_viewer import held_out_view
+    from distilled_splat.exports.web_viewer import held_out_view
 
     if splat_transform.find() is None:
         return splat_transform.HOW_TO_GET

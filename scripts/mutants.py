@@ -117,7 +117,7 @@ MUTANTS = {
         "tests/test_student.py::test_building_the_cache_draws_no_random_numbers",
     ),
     "frontier retrains finished models": (
-        "distilled_splat/frontier.py",
+        "distilled_splat/frontier/frontier.py",
         "pending = [spec for spec in specs if not self.result_path(spec).is_file()]",
         "pending = list(specs)",
         "tests/test_frontier.py",
@@ -191,13 +191,13 @@ MUTANTS = {
     ),
     # compact exports against an independent reader
     "SPZ SH signs not flipped with the axes": (
-        "distilled_splat/exporters.py",
+        "distilled_splat/exports/exporters.py",
         "    sh = (splats.f_rest * signs).transpose(0, 2, 1)",
         "    sh = splats.f_rest.transpose(0, 2, 1)",
         "tests/test_exports.py::test_every_format_round_trips_through_splat_transform_within_its_quantisation",
     ),
     "SPZ rotations not flipped with the axes": (
-        "distilled_splat/exporters.py",
+        "distilled_splat/exports/exporters.py",
         "unit_quaternions(splats.quats) * np.array([1.0, 1.0, -1.0, -1.0])",
         "unit_quaternions(splats.quats) * np.array([1.0, 1.0, 1.0, 1.0])",
         "tests/test_exports.py::test_every_format_round_trips_through_splat_transform_within_its_quantisation",
@@ -222,20 +222,20 @@ MUTANTS = {
         "tests/test_recipe.py::test_bad_settings_fail_in_one_line_with_nothing_written",
     ),
     "pruned-finetuned built as the gradual student": (
-        "distilled_splat/contenders.py",
+        "distilled_splat/frontier/contenders.py",
         "    without_distillation(from_teacher(config, budget_cuts=1))",
         "    without_distillation(from_teacher(config))",
         "tests/test_frontier.py::test_every_contender_builds_the_config_it_declares "
         "tests/test_frontier.py::test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher_and_never_grows",
     ),
     "compute not matched for contenders without a teacher": (
-        "distilled_splat/contenders.py",
+        "distilled_splat/frontier/contenders.py",
         '"matched": settings.student_steps + (settings.steps if compute == "total" else 0),',
         '"matched": settings.student_steps,',
         "tests/test_frontier.py::test_every_contender_builds_the_config_it_declares",
     ),
     "PUP's first round straight to the budget": (
-        "distilled_splat/contenders.py",
+        "distilled_splat/frontier/contenders.py",
         "    config.pipeline.model.first_cut_keep = PUP_FIRST_ROUND_KEEP",
         "    config.pipeline.model.first_cut_keep = None",
         "tests/test_frontier.py::test_pup_rounds_keep_the_most_sensitive_fifth_then_cut_to_the_budget",
@@ -247,7 +247,7 @@ MUTANTS = {
         "tests/test_sensitivity.py",
     ),
     "frontier results keyed without the config": (
-        "distilled_splat/frontier.py",
+        "distilled_splat/frontier/frontier.py",
         "        return combined_fingerprint(fingerprint_parts(config), extra)",
         "        return combined_fingerprint({}, extra)",
         "tests/test_frontier.py::test_other_settings_train_anew_and_never_show_in_the_new_table",
@@ -319,7 +319,7 @@ MUTANTS = {
         "tests/test_setup_script.py",
     ),
     "viewer page without the axis conversion": (
-        "distilled_splat/web_viewer.py",
+        "distilled_splat/exports/web_viewer.py",
         "    return euler_xyz_degrees(rotation.T @ FLIP), settings",
         "    return (0.0, 0.0, 0.0), settings",
         "tests/test_web_viewer.py::test_student_page_opens_at_the_held_out_view",

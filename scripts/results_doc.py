@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from distilled_splat.frontier_report import markdown
+from distilled_splat.frontier.report import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

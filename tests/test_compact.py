@@ -18,9 +18,9 @@ from numpy.lib.recfunctions import repack_fields
 from plyfile import PlyData, PlyElement
 from scipy.spatial.transform import Rotation
 
-from distilled_splat import splat_transform
 from distilled_splat.cli import Compact, CompactSettings, GivenOptions
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.exports import splat_transform
 from distilled_splat.training import evaluate, export_ply
 from tests.conftest import TEACHER_STEPS, required_tool, run_command
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.exporters import encode_ply, encode_splat, encode_spz, read_3dgs_ply, to_bytes
+from distilled_splat.exports.exporters import encode_ply, encode_splat, encode_spz, read_3dgs_ply, to_bytes
 from tests.test_exports import random_splats
 
 # The real SH basis functions of degrees 1-3 in 3DGS's order, up to their constant factors (which signs ignore).
@@ -159,7 +159,7 @@ def test_bytes_round_to_nearest_and_clip():
 
 
 def test_unit_quaternions_normalise_and_make_zero_the_identity():
-    from distilled_splat.exporters import unit_quaternions
+    from distilled_splat.exports.exporters import unit_quaternions
 
     quats = np.array([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 4.0]])
     np.testing.assert_allclose(unit_quaternions(quats), [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0.6, 0, 0.8]])

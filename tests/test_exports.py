@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from distilled_splat import splat_transform as splat_transform_tool
-from distilled_splat.exporters import ENCODERS, SplatArrays, read_3dgs_ply, sigmoid, unit_quaternions
+from distilled_splat.exports import splat_transform as splat_transform_tool
+from distilled_splat.exports.exporters import ENCODERS, SplatArrays, read_3dgs_ply, sigmoid, unit_quaternions
+from distilled_splat.exports.writer import export_compact
 from distilled_splat.rendering import gsplat_viewmats, rasterize
-from distilled_splat.training import export_compact
 from tests.conftest import required_tool, run_command
 
 

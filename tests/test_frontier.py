@@ -19,11 +19,11 @@ from nerfstudio.engine.callbacks import TrainingCallbackAttributes
 from plyfile import PlyData
 from rich.progress import Progress
 
-from distilled_splat import splat_transform
-from distilled_splat.contenders import CONTENDERS, DEFAULT_METHODS, markdown_table
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.frontier import Frontier, FrontierSettings, ModelSpec
-from distilled_splat.frontier_report import summarise, table
+from distilled_splat.exports import splat_transform
+from distilled_splat.frontier.contenders import CONTENDERS, DEFAULT_METHODS, markdown_table
+from distilled_splat.frontier.frontier import Frontier, FrontierSettings, ModelSpec
+from distilled_splat.frontier.report import summarise, table
 from distilled_splat.importance import scene_importance
 from distilled_splat.recipe import Recipe, RecipeSettings
 from distilled_splat.teachers import load_gaussians

@@ -418,7 +418,7 @@ def test_every_benchmark_script_runs_at_toy_size(finished_run, tmp_path):
 
 
 def test_report_without_splat_transform_says_how_to_get_it_and_keeps_the_rest(finished_run, monkeypatch):
-    from distilled_splat import splat_transform
+    from distilled_splat.exports import splat_transform
     from distilled_splat.report import write_report
 
     # The finished run's page exists where splat-transform does (always under CI, where setup installed it).
@@ -433,7 +433,7 @@ def test_report_without_splat_transform_says_how_to_get_it_and_keeps_the_rest(fi
 
 
 def test_report_links_the_viewer_pages_and_gives_sog_bytes(finished_run):
-    from distilled_splat import splat_transform
+    from distilled_splat.exports import splat_transform
     from distilled_splat.report import write_report
 
     required_tool(splat_transform.find(), splat_transform.HOW_TO_GET)

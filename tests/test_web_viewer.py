@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from distilled_splat import splat_transform
-from distilled_splat.exporters import SplatArrays, encode_ply, read_3dgs_ply
-from distilled_splat.training import export_compact
-from distilled_splat.web_viewer import FLIP, euler_xyz_degrees, held_out_view, opening_view
+from distilled_splat.exports import splat_transform
+from distilled_splat.exports.exporters import SplatArrays, encode_ply, read_3dgs_ply
+from distilled_splat.exports.web_viewer import FLIP, euler_xyz_degrees, held_out_view, opening_view
+from distilled_splat.exports.writer import export_compact
 from tests.conftest import required_tool
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

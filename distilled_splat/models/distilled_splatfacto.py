@@ -22,9 +22,9 @@ from nerfstudio.models.splatfacto import SH2RGB
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
-from distilled_splat import splat_transform
 from distilled_splat.decimation import decimate_gaussians
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.exports import splat_transform
 from distilled_splat.importance import ImportanceMode, scene_importance
 from distilled_splat.losses import StructureLoss, StructureMode, photometric_loss
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig

@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from jaxtyping import Float
 
-from distilled_splat import splat_transform
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.exports import splat_transform
 from distilled_splat.files import write_atomically
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
@@ -116,7 +116,7 @@ def write_html(
 ) -> Path:
     """The 3DGS PLY ``ply`` as a self-contained viewer page at ``output`` (atomically), opening at ``camera``
     (splat-transform's default view where None)."""
-    from distilled_splat.exporters import read_3dgs_ply
+    from distilled_splat.exports.exporters import read_3dgs_ply
 
     arguments: List[str] = [str(ply)]
     with tempfile.TemporaryDirectory() as folder:

@@ -8,8 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from distilled_splat.contenders import ALTERNATIVES, markdown_table
 from distilled_splat.files import write_atomically
+from distilled_splat.frontier.contenders import ALTERNATIVES, markdown_table
 from distilled_splat.plots import log_psnr_axes, new_figure, save_figure
 
 

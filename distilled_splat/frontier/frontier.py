@@ -27,20 +27,27 @@ from nerfstudio.engine.trainer import TrainerConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typing_extensions import Annotated
 
-from distilled_splat import splat_transform
-from distilled_splat.contenders import CONTENDERS, DEFAULT_ABLATIONS, DEFAULT_METHODS, Compute, ContenderName, Setup
 from distilled_splat.data.distilled_datamanager import DistilledDatamanagerConfig
 from distilled_splat.decimation import decimate_gaussians, gaussians_from_ply
 from distilled_splat.errors import DistilledSplatError
-from distilled_splat.exporters import read_3dgs_ply
+from distilled_splat.exports import splat_transform
+from distilled_splat.exports.exporters import read_3dgs_ply
+from distilled_splat.exports.writer import export_compact
 from distilled_splat.files import write_atomically
 from distilled_splat.fingerprints import combined_fingerprint, fingerprint_parts
-from distilled_splat.frontier_report import summarise, write_frontier
+from distilled_splat.frontier.contenders import (
+    CONTENDERS,
+    DEFAULT_ABLATIONS,
+    DEFAULT_METHODS,
+    Compute,
+    ContenderName,
+    Setup,
+)
+from distilled_splat.frontier.report import summarise, write_frontier
 from distilled_splat.recipe import TEACHER_METHODS, Recipe
 from distilled_splat.teachers import fingerprint as file_fingerprint
 from distilled_splat.training import (
     evaluate,
-    export_compact,
     export_ply,
     gaussian_count,
     is_trained,

@@ -31,7 +31,7 @@ SPZ_COLOUR_SCALE = 0.15
 """SPZ stores f_dc * 0.15 + 0.5 in a byte (not 0.282): room for base colours the higher SH bring into range."""
 Format = Literal["ply", "splat", "spz", "sog", "html"]
 VIA_SPLAT_TRANSFORM = ("sog", "html")
-"""Formats written by PlayCanvas's splat-transform (distilled_splat.web_viewer) from our PLY."""
+"""Formats written by PlayCanvas's splat-transform (distilled_splat.exports.web_viewer) from our PLY."""
 SH_SIGNS_Y_Z_FLIPPED = np.array([-1, -1, 1, -1, 1, 1, -1, 1, -1, 1, -1, -1, 1, -1, 1], dtype=np.float32)
 """Sign of each real SH basis function of degrees 1-3 (3DGS order) under (x, y, z) -> (x, -y, -z)."""
 
