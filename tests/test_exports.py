@@ -152,7 +152,8 @@ def test_export_command_reduces_sh_and_culls_and_names_bad_input(trained_student
 def test_splat_transform_version_is_read_from_the_installed_package(tmp_path, monkeypatch, capsys):
     """The frontier's fingerprint records the installed splat-transform's version, and another version than the
     one this package is checked with is said once."""
-    from distilled_splat import notices, splat_transform
+    from distilled_splat import notices
+    from distilled_splat.exports import splat_transform
 
     package = tmp_path / "node_modules" / "@playcanvas" / "splat-transform"
     (package / "bin").mkdir(parents=True)
