@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Literal, Optional
 
-import numpy as np
 import torch
 from nerfstudio.models.splatfacto import SH2RGB, SplatfactoModelConfig
 from torch import Tensor
 
+from distilled_splat.decimation import gaussians_from_ply
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.exports.exporters import read_3dgs_ply
 from distilled_splat.teachers import final_checkpoint, fingerprint, load_gaussians, read_config, teacher_config_path
 
 GivenKind = Literal["run", "ply"]
@@ -71,9 +72,9 @@ class GivenModel:
             return None
         return int(read_config(teacher_config_path(self.path)).max_num_iterations)
 
-    def run_name(self) -> str:
+    def run_name(self, source_sha256: str) -> str:
         """The imported run's folder name: another model, or another frame asked for, is another run."""
-        digest = hashlib.sha256(f"{fingerprint(self.source_file())}:{self.kind}:{self.frame}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{source_sha256}:{self.kind}:{self.frame}".encode()).hexdigest()
         return f"given-{self.kind}-{digest[:12]}"
 
     def describe(self) -> str:
@@ -93,20 +94,24 @@ class GivenTeacher:
     settled once (naming the run reads the whole source file)."""
 
     model: GivenModel
-    run_name: str
+    source_sha256: str
     sh_degree: int
 
     @staticmethod
     def of(model: GivenModel) -> "GivenTeacher":
-        model.source_file()  # refuses a missing file, a method that is not a splat, an unfinished run
-        return GivenTeacher(model, model.run_name(), model.degree())
+        # Reading the source refuses a missing file, a method that is not a splat and an unfinished run.
+        return GivenTeacher(model, fingerprint(model.source_file()), model.degree())
+
+    @property
+    def run_name(self) -> str:
+        return self.model.run_name(self.source_sha256)
 
     def to_record(self) -> Dict:
-        return {**self.model.to_record(), "run_name": self.run_name, "sh_degree_used": self.sh_degree}
+        return {**self.model.to_record(), "source_sha256": self.source_sha256, "sh_degree_used": self.sh_degree}
 
     @staticmethod
     def from_record(record: Dict) -> "GivenTeacher":
-        return GivenTeacher(GivenModel.from_record(record), record["run_name"], int(record["sh_degree_used"]))
+        return GivenTeacher(GivenModel.from_record(record), record["source_sha256"], int(record["sh_degree_used"]))
 
 
 def ply_properties(path: Path) -> List[str]:
@@ -129,24 +134,9 @@ def read_gaussians(given: GivenModel, sh_degree: int) -> Dict[str, Tensor]:
     """The given model's Gaussians as splatfacto holds them, in the model's own frame."""
     if given.kind == "run":
         return load_gaussians(given.source_file())
-    from distilled_splat.exports.exporters import read_3dgs_ply
-
-    needed = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2"}
-    needed |= {f"rot_{i}" for i in range(4)}
-    missing = sorted(needed - set(ply_properties(given.path)))
-    if missing:
-        raise DistilledSplatError(f"--ply {given.path} is not a 3DGS PLY: it lacks {' '.join(missing)}")
-    splats = read_3dgs_ply(given.path)
-    dc = torch.from_numpy(splats.f_dc)
-    if (
-        sh_degree == 0
-    ):  # splatfacto keeps a degree-0 model's colour as a logit (see DistilledSplatfactoModel.start_from)
-        dc = torch.logit(SH2RGB(dc).clamp(1e-4, 1 - 1e-4))
-    return {
-        "means": torch.from_numpy(splats.means),
-        "scales": torch.from_numpy(splats.log_scales),
-        "quats": torch.from_numpy(splats.quats),
-        "opacities": torch.from_numpy(splats.opacity)[:, None],
-        "features_dc": dc,
-        "features_rest": torch.from_numpy(np.ascontiguousarray(splats.f_rest.transpose(0, 2, 1))),
-    }
+    gaussians = gaussians_from_ply(read_3dgs_ply(given.path))
+    if sh_degree == 0:
+        # Splatfacto keeps a degree-0 model's colour as a logit (see DistilledSplatfactoModel.start_from).
+        colour = SH2RGB(gaussians["features_dc"]).clamp(1e-4, 1 - 1e-4)
+        gaussians["features_dc"] = torch.logit(colour)
+    return gaussians

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
@@ -19,14 +18,16 @@ from nerfstudio.pipelines.base_pipeline import Pipeline
 from PIL import Image
 from torch import Tensor
 
+from distilled_splat.decimation import gaussians_from_ply, ply_from_gaussians
 from distilled_splat.errors import DistilledSplatError
+from distilled_splat.exports.exporters import encode_ply, read_3dgs_ply
 from distilled_splat.files import write_atomically
 from distilled_splat.fingerprints import FINGERPRINT_FILE
 from distilled_splat.frames import Similarity, transform_gaussians
-from distilled_splat.given_model import GivenModel, read_gaussians
+from distilled_splat.given_model import GivenModel, GivenTeacher, read_gaussians
 from distilled_splat.notices import say_once
 from distilled_splat.rendering import gsplat_viewmats, rasterize
-from distilled_splat.teachers import fingerprint, teacher_config_path
+from distilled_splat.teachers import teacher_config_path
 
 FRAME_RECORD = "given.json"
 """Written into the imported run folder: what it was made from, and the frame of the given model."""
@@ -138,7 +139,7 @@ def prepare_import(config: TrainerConfig, given: GivenModel, budget: Optional[in
     return PreparedImport(moved, frame, similarity, gain, pipeline)
 
 
-def write_imported_run(config: TrainerConfig, given: GivenModel, prepared: PreparedImport, parts: Dict) -> None:
+def write_imported_run(config: TrainerConfig, given: GivenTeacher, prepared: PreparedImport, parts: Dict) -> None:
     """Write the finished run ``config`` holding the prepared Gaussians: its fingerprint, config.yml, dataparser
     transform, the record of what it came from, and last of all its final checkpoint, so that a run cut short is
     never taken for finished."""
@@ -149,7 +150,7 @@ def write_imported_run(config: TrainerConfig, given: GivenModel, prepared: Prepa
     pipeline = prepared.pipeline
     pipeline.datamanager.train_dataparser_outputs.save_dataparser_transform(run / "dataparser_transforms.json")
     record = {
-        **given.to_record(), "source_sha256": fingerprint(given.source_file()), "frame_found": prepared.frame,
+        **given.model.to_record(), "source_sha256": given.source_sha256, "frame_found": prepared.frame,
         "to_training": prepared.to_training.to_record(), "render_gain_db": round(prepared.gain_db, 2),
         "num_gaussians": len(prepared.gaussians["means"]),
     }  # fmt: skip
@@ -185,26 +186,7 @@ def training_to_given(run: Path) -> Optional[Similarity]:
     return None if similarity.is_identity() else similarity.inverse()
 
 
-def write_in_frame(ply: Path, similarity: Similarity, target: Path, fmt: str) -> None:
-    """The 3DGS PLY ``ply`` moved by ``similarity`` and written as ``fmt`` at ``target``."""
-    from distilled_splat.exports.exporters import SplatArrays, encode_ply, read_3dgs_ply
-    from distilled_splat.exports.writer import export_compact
-
-    splats = read_3dgs_ply(ply)
-    moved = transform_gaussians(
-        {
-            "means": torch.from_numpy(splats.means), "scales": torch.from_numpy(splats.log_scales),
-            "quats": torch.from_numpy(splats.quats),
-            "features_rest": torch.from_numpy(np.ascontiguousarray(splats.f_rest.transpose(0, 2, 1))),
-        },
-        similarity,
-    )  # fmt: skip
-    arrays = SplatArrays(
-        means=moved["means"].numpy(), f_dc=splats.f_dc,
-        f_rest=np.ascontiguousarray(moved["features_rest"].numpy().transpose(0, 2, 1)), opacity=splats.opacity,
-        log_scales=moved["scales"].numpy(), quats=moved["quats"].numpy(),
-    )  # fmt: skip
-    with tempfile.TemporaryDirectory(dir=target.parent) as folder:
-        source = Path(folder) / "moved.ply"
-        source.write_bytes(encode_ply(arrays))
-        export_compact(target, fmt, ply=source)
+def write_ply_in_frame(ply: Path, similarity: Similarity, target: Path) -> Path:
+    """The 3DGS PLY ``ply`` moved by ``similarity``, written as a 3DGS PLY at ``target``."""
+    moved = transform_gaussians(gaussians_from_ply(read_3dgs_ply(ply)), similarity)
+    return write_atomically(target, lambda path: path.write_bytes(encode_ply(ply_from_gaussians(moved))))

@@ -33,7 +33,7 @@ from distilled_splat.importing import (
     prepare_import,
     training_to_given,
     write_imported_run,
-    write_in_frame,
+    write_ply_in_frame,
 )
 from distilled_splat.method_configs import (
     distilled_splatfacto,
@@ -287,12 +287,14 @@ class Recipe:
                 progress.advance(overall)
         # A given model's student goes back into that model's frame, so that it lands where the original was.
         back = training_to_given(configs["vanilla"].get_base_dir()) if self.given is not None else None
+        if back is not None:
+            moved = write_ply_in_frame(self.ply_path(STUDENT), back, self.output / "student.ply")
         for fmt in [fmt for fmt in ("ply", "spz", "sog") if fmt in ("ply", *self.compact_formats())]:
             exported, target = self.export_path(STUDENT, fmt), self.output / f"student.{fmt}"
-            if back is not None:
-                write_in_frame(self.ply_path(STUDENT), back, target, fmt)
-            else:
+            if back is None:
                 write_atomically(target, lambda path, src=exported: path.write_bytes(src.read_bytes()))
+            elif fmt != "ply":
+                export_compact(target, fmt, ply=moved)
 
     def prepare_given(self, config: TrainerConfig) -> None:
         """Read and check the given model before anything is written (once: the frontier asks again)."""
@@ -310,7 +312,7 @@ class Recipe:
         started = time.perf_counter()
         if self.is_given(name):  # imported, not trained: it has no training time of its own here
             self.prepare_given(config)
-            write_imported_run(config, self.given.model, self.prepared, parts)
+            write_imported_run(config, self.given, self.prepared, parts)
             progress.console.print(
                 f"{name}: imported from {self.given.model.describe()}, {gaussian_count(config)} Gaussians"
             )

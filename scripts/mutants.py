@@ -338,8 +338,8 @@ MUTANTS = {
     ),
     "the student stays in the training frame": (
         "distilled_splat/recipe.py",
-        "            if back is not None:\n                write_in_frame(",
-        "            if False:\n                write_in_frame(",
+        'back = training_to_given(configs["vanilla"].get_base_dir()) if self.given is not None else None',
+        "back = None",
         "tests/test_compact.py::test_a_world_frame_ply_is_found_in_its_frame_and_the_student_goes_back_there",
     ),
     "nerfstudio's splatfacto runs load as they are": (

@@ -243,7 +243,7 @@ def broken_inputs(splatfacto_run: Path, teacher_runs, tmp_path: Path):
         ("nerfacto", {"teacher": nerfacto.get_base_dir()}, "not a Gaussian splat method"),
         ("unfinished", {"teacher": unfinished}, "is unfinished"),
         ("truncated", {"teacher": truncated}, "unreadable"),
-        ("missing fields", {"ply": tmp_path / "no-rotations.ply"}, "lacks rot_0 rot_1 rot_2 rot_3"),
+        ("missing fields", {"ply": tmp_path / "no-rotations.ply"}, "it lacks ['rot_0', 'rot_1', 'rot_2', 'rot_3']"),
         ("other SH degree", {"ply": good, "sh_degree": 1}, "holds SH degree 3, not the --sh-degree 1 asked for"),
         ("budget", {"ply": good, "budget": count + 1}, f"is above the {count} Gaussians"),
         ("elsewhere", {"ply": tmp_path / "elsewhere.ply"}, "does not line up with this scene's photos"),

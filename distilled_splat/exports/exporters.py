@@ -74,7 +74,8 @@ def read_3dgs_ply(path: Path) -> SplatArrays:
     except (OSError, ValueError, KeyError, PlyParseError) as err:
         raise DistilledSplatError(f"{path} is not a readable 3DGS PLY ({err})") from None
     names = set(vertex.data.dtype.names)
-    needed = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "rot_0"}
+    needed = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2"}
+    needed |= {f"rot_{i}" for i in range(4)}  # every column read below: a missing one is this error, not a KeyError
     if not needed <= names:
         raise DistilledSplatError(f"{path} is not a 3DGS PLY: it lacks {sorted(needed - names)}")
 

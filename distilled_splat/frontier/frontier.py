@@ -305,17 +305,18 @@ class Frontier:
                     self.finished(progress, overall)
             else:
                 self.run_parallel(pending, progress, overall)
-        current, _ = self.rows()
-        print(write_frontier(self.record(current), self.recipe.output))
+        current, other = self.rows()
+        print(write_frontier(self.record(current, other), self.recipe.output))
         return current
 
     def finished(self, progress: Progress, overall) -> None:
         """After each model: the tables and plot cover what is finished so far, so an interrupted frontier has them."""
         progress.advance(overall)
-        write_frontier(self.record(self.rows()[0]), self.recipe.output)
+        write_frontier(self.record(*self.rows()), self.recipe.output)
 
-    def record(self, rows: List[Dict]) -> Dict:
-        """What frontier.json holds for ``rows``: everything its tables and plot are made from."""
+    def record(self, rows: List[Dict], other_rows: List[Dict]) -> Dict:
+        """What frontier.json holds for ``rows`` (and ``other_rows``, made under other settings, where asked for):
+        everything its tables and plot are made from."""
         record = {
             "settings": self.settings_record(),
             "frontier": {name: getattr(self.settings, name) for name in self.settings.__dataclass_fields__},
@@ -329,7 +330,7 @@ class Frontier:
             "summary": summarise(rows),
         }
         if self.settings.other_settings:
-            record["other_rows"] = self.rows()[1]
+            record["other_rows"] = other_rows
         return record
 
     def vanilla_result(self) -> Dict:
