@@ -138,8 +138,11 @@ distilled_teacher_dropout = MethodSpecification(
     description="Distilled-3DGS dropout teacher (DropGaussian): opacity dropout with 1/(1-p) compensation.",
 )
 
-FINETUNE_MEANS_LR = 1.6e-6
-"""Fine-tuning a trained model continues at the end of its position learning-rate decay, as LightGaussian does."""
+FINETUNE_MEANS_LR = 1.6e-5
+"""Position learning rate of every fine-tune from a trained model (the student and the teacher-started
+alternatives alike): ten times the end of splatfacto's decay, where LightGaussian continues. A cut model's
+survivors must move to cover for the removed ones; at 1.6e-6 the student lost 0.4-0.7 dB on the demo and the fox
+(docs/experiments.md, "Positions fine-tuned at ten times the rate")."""
 GRADUAL_CUTS = 8
 """Cuts from the teacher's count to the budget in the default student (see --pipeline.model.budget-cuts)."""
 
@@ -147,8 +150,8 @@ GRADUAL_CUTS = 8
 def from_teacher(config: TrainerConfig, budget_cuts: int = GRADUAL_CUTS) -> TrainerConfig:
     """``config``'s student started from the trained vanilla teacher and fine-tuned: cut to its budget in
     ``budget_cuts`` cuts of equal ratio (the last at half the run; 1 = at once before the first step), no
-    densification, pruning or opacity resets, full SH degree from the first step, positions at the end of their
-    learning-rate decay. Changes ``config`` in place and returns it."""
+    densification, pruning or opacity resets, full SH degree from the first step, positions at FINETUNE_MEANS_LR.
+    Changes ``config`` in place and returns it."""
     model = config.pipeline.model
     model.init, model.budget_cuts, model.cuts_stop = "teacher", budget_cuts, config.max_num_iterations // 2
     model.sample_at, model.prune_at = None, None
