@@ -118,7 +118,7 @@ MUTANTS = {
     ),
     "frontier retrains finished models": (
         "distilled_splat/frontier/frontier.py",
-        "pending = [spec for spec in specs if not self.result_path(spec).is_file()]",
+        "pending = [spec for spec in specs if not self.results.result_path(spec).is_file()]",
         "pending = list(specs)",
         "tests/test_frontier.py",
     ),
@@ -247,7 +247,7 @@ MUTANTS = {
         "tests/test_sensitivity.py",
     ),
     "frontier results keyed without the config": (
-        "distilled_splat/frontier/frontier.py",
+        "distilled_splat/frontier/configs.py",
         "        return combined_fingerprint(fingerprint_parts(config), extra)",
         "        return combined_fingerprint({}, extra)",
         "tests/test_frontier.py::test_other_settings_train_anew_and_never_show_in_the_new_table",

@@ -46,7 +46,7 @@ def frontier(tiny_scene, tmp_path_factory) -> Frontier:
 
 def pipeline_of(frontier: Frontier, method: str, budget: float = 0.25, **model_settings):
     """The contender's training pipeline as the frontier configures it, ready for its first step."""
-    config = frontier.model_config(ModelSpec(method, budget, 42))
+    config = frontier.configs.model_config(ModelSpec(method, budget, 42))
     for name, value in model_settings.items():
         setattr(config.pipeline.model, name, value)
     pipeline, optimizers = setup_pipeline(config)
@@ -102,20 +102,20 @@ def made_of(config) -> tuple:
 
 def test_every_contender_builds_the_config_it_declares(frontier):
     assert set(MADE_OF) == set(CONTENDERS), "every contender has its row here"
-    recipe, cap = frontier.recipe, frontier.budget_count(0.25)
+    recipe, cap = frontier.recipe, frontier.plan.budget_count(0.25)
     for name, contender in CONTENDERS.items():
-        config = frontier.model_config(ModelSpec(name, 0.25, 42))
+        config = frontier.configs.model_config(ModelSpec(name, 0.25, 42))
         model, datamanager = config.pipeline.model, config.pipeline.datamanager
         assert made_of(config) == tuple(cap if v == "budget" else v for v in MADE_OF[name]), name
         # It is the method it declares, trained for its own steps; its total adds every teacher it builds on.
-        own, total = frontier.own_and_total_steps(name)
+        own, total = frontier.plan.own_and_total_steps(name)
         assert config.method_name == contender.method.config.method_name, name
         assert own == {"none": 0, "student": STEPS, "matched": 2 * STEPS}[contender.own_steps], name
         assert total == own + STEPS * len(contender.teachers_used(recipe)), name
         if contender.trains:
             assert config.max_num_iterations == own, name
         # It starts where it declares: the trained teacher's Gaussians, the point cloud, or the decimated PLY.
-        decimated = str(frontier.decimated_checkpoint(0.25))
+        decimated = str(frontier.configs.decimated_checkpoint(0.25))
         starts = {"teacher": "teacher", "points": "points", "teacher-ply": "teacher"}[contender.start]
         if contender.trains and name != "capped-mcmc":
             assert model.init == starts, name
@@ -131,7 +131,10 @@ def test_every_contender_builds_the_config_it_declares(frontier):
         ("vanilla", "noise", "dropout")
     }
     own = Frontier(frontier.recipe, FrontierSettings(compute="own"))
-    assert own.own_and_total_steps("capped-mcmc") == (40, 40) and own.own_and_total_steps("student") == (40, 80)
+    assert own.plan.own_and_total_steps("capped-mcmc") == (40, 40) and own.plan.own_and_total_steps("student") == (
+        40,
+        80,
+    )
     assert set(DEFAULT_METHODS) >= {"student", "pup-pruned", "capped-mcmc", "decimated", "decimated-finetuned"}
 
 
@@ -142,7 +145,7 @@ def assert_holds_the_most_important(model, source, importance, count, what):
 
 
 def teacher_importance(frontier: Frontier, cameras, mode="blend-weight"):
-    teacher = load_gaussians(last_step_checkpoint(frontier.vanilla_config()))
+    teacher = load_gaussians(last_step_checkpoint(frontier.plan.vanilla_config()))
     splats = {
         "means": teacher["means"], "quats": teacher["quats"], "scales": torch.exp(teacher["scales"]),
         "opacities": torch.sigmoid(teacher["opacities"]).squeeze(-1),
@@ -152,7 +155,7 @@ def teacher_importance(frontier: Frontier, cameras, mode="blend-weight"):
 
 
 def test_pruned_and_finetuned_starts_from_exactly_the_pruned_teacher_and_never_grows(frontier):
-    budget = frontier.budget_count(0.25)
+    budget = frontier.plan.budget_count(0.25)
     # Refinement switched on with a threshold every Gaussian passes: only the budget's ceiling can stop growth.
     settings = dict(stop_split_at=STEPS, refine_every=4, densify_grad_thresh=1e-9, reset_alpha_every=1000)
     config, pipeline, optimizers = pipeline_of(frontier, "pruned-finetuned", **settings)
@@ -176,7 +179,7 @@ def walk_the_cuts(frontier: Frontier, check_cut, **model_settings) -> None:
     """Train the registered default student (``student``: its 8 cuts over the first half of the run) through every
     cut; ``check_cut(model, optimizers, source, importance, count)`` checks each cut against the model just before
     it."""
-    budget = frontier.budget_count(0.25)
+    budget = frontier.plan.budget_count(0.25)
     _, pipeline, optimizers = pipeline_of(frontier, "student", **model_settings)
     model = pipeline.model
     cuts = model.config.cut_steps()
@@ -213,7 +216,7 @@ def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_importan
 
 
 def test_pup_rounds_keep_the_most_sensitive_fifth_then_cut_to_the_budget(frontier):
-    budget = frontier.budget_count(0.1)
+    budget = frontier.plan.budget_count(0.1)
     _, pipeline, optimizers = pipeline_of(frontier, "pup-pruned", budget=0.1)
     model = pipeline.model
     cameras = pipeline.datamanager.train_dataset.cameras
@@ -234,9 +237,9 @@ def test_pup_rounds_keep_the_most_sensitive_fifth_then_cut_to_the_budget(frontie
 def test_decimated_teacher_holds_the_count_splat_transform_wrote(frontier, tmp_path):
     required_tool(splat_transform.find(), splat_transform.HOW_TO_GET)
     spec = ModelSpec("decimated", 0.25, 42)
-    config = frontier.model_config(spec)
+    config = frontier.configs.model_config(spec)
     frontier.produce(spec, config, None)
-    budget = frontier.budget_count(0.25)
+    budget = frontier.plan.budget_count(0.25)
     assert gaussian_count(config) == budget
     ply = export_ply(config.get_base_dir() / "config.yml", tmp_path / "decimated.ply")
     assert len(PlyData.read(str(ply))["vertex"].data) == budget
@@ -370,7 +373,7 @@ def test_seeds_go_where_they_matter(frontier):
     settings = FrontierSettings(
         methods=("student", "capped-mcmc", "decimated-finetuned"), budgets=(0.1,), seeds=3, teacher_started_seeds=1
     )
-    specs = Frontier(frontier.recipe, settings).specs()
+    specs = Frontier(frontier.recipe, settings).plan.specs()
     seeds = {method: sorted(spec.seed for spec in specs if spec.method == method) for method in CONTENDERS}
     assert seeds["capped-mcmc"] == [42, 43, 44], "from the point cloud: every seed"
     assert seeds["student"] == seeds["decimated-finetuned"] == [42], "started from the teacher: one seed"
@@ -389,14 +392,16 @@ def test_later_seeds_reuse_the_one_decimated_teacher(frontier, tmp_path):
         Recipe(frontier.recipe.data, output, settings),
         FrontierSettings(methods=("decimated-finetuned", "decimated"), budgets=(0.25,), seeds=2),
     )
-    assert [(spec.method, spec.seed) for spec in later.specs()] == [
+    assert [(spec.method, spec.seed) for spec in later.plan.specs()] == [
         ("decimated", 42),
         ("decimated-finetuned", 43),
         ("decimated-finetuned", 44),
     ]
     decimated = ModelSpec("decimated", 0.25, 42)
-    assert later.stem(decimated) == frontier.stem(decimated), "the same decimated teacher, the same fingerprint"
-    assert later.model_config(ModelSpec("decimated-finetuned", 0.25, 43)).machine.seed == 43
+    assert later.configs.stem(decimated) == frontier.configs.stem(decimated), (
+        "the same decimated teacher, the same fingerprint"
+    )
+    assert later.configs.model_config(ModelSpec("decimated-finetuned", 0.25, 43)).machine.seed == 43
 
 
 def test_merge_cuts_reach_the_budget_in_equal_ratios_through_splat_transform(frontier):
@@ -425,16 +430,19 @@ def test_student_args_that_do_not_fit_a_contender_stop_it_before_training_and_le
     other = Frontier(Recipe(frontier.recipe.data, frontier.recipe.output, settings), frontier.settings)
     paper, student = ModelSpec("student-paper", 0.25, 42), ModelSpec("student", 0.25, 42)
     with pytest.raises(DistilledSplatError, match="--student-args do not fit contender student-paper"):
-        other.fingerprint(paper)
-    models = other.folder / "models"
+        other.configs.fingerprint(paper)
+    models = other.results.folder / "models"
     models.mkdir(parents=True, exist_ok=True)
     stored = []
-    for spec, fingerprint in ((paper, frontier.fingerprint(paper)), (student, other.fingerprint(student))):
+    for spec, fingerprint in (
+        (paper, frontier.configs.fingerprint(paper)),
+        (student, other.configs.fingerprint(student)),
+    ):
         row = {"method": spec.method, "budget": spec.budget, "seed": spec.seed, "fingerprint": fingerprint}
         stored.append(models / f"{spec.name}-test.json")
         stored[-1].write_text(json.dumps(row))
     try:
-        current, others = other.rows()
+        current, others = other.results.rows()
         assert [row["method"] for row in current] == ["student"]
         assert [row["method"] for row in others] == ["student-paper"]
     finally:
