@@ -28,7 +28,8 @@ from rich.table import Table
 from distilled_splat.data.teacher_cache import load_or_build, render_premultiplied
 from distilled_splat.devices import resolve_device
 from distilled_splat.losses import StructureLoss, structure_loss
-from distilled_splat.recipe import STUDENT, Recipe
+from distilled_splat.recipe import Recipe
+from distilled_splat.run_configs import STUDENT
 from distilled_splat.teachers import load_teacher, teacher_config_path
 from distilled_splat.training import last_step_checkpoint
 
@@ -61,7 +62,7 @@ def timed(run: Callable[[], None], device: torch.device, repeats: int) -> float:
 
 def training_pipeline(recipe: Recipe, name: str, device: torch.device, gaussians_from: Path):
     """``name``'s pipeline in training mode holding the Gaussians of checkpoint ``gaussians_from``."""
-    config = recipe.method_config(name)
+    config = recipe.configs.method_config(name)
     config.pipeline.datamanager.prepare_run(config.get_base_dir())  # as ns-train does: finds the teacher cache
     pipeline = config.pipeline.setup(device=device, test_mode="val")
     state = torch.load(gaussians_from, map_location=device)
@@ -104,8 +105,8 @@ def main() -> None:
     device = torch.device(resolve_device(args.device))
     recipe = Recipe.load(args.output)
     recipe.settings.device = device.type
-    teacher_configs = [teacher_config_path(recipe.teacher_config_path(t)) for t in recipe.teachers()]
-    vanilla_checkpoint = last_step_checkpoint(recipe.method_config("vanilla"))
+    teacher_configs = [teacher_config_path(recipe.configs.teacher_config_path(t)) for t in recipe.configs.teachers()]
+    vanilla_checkpoint = last_step_checkpoint(recipe.configs.method_config("vanilla"))
     rows: List[tuple] = []
 
     # 1. Student vs vanilla teacher step, same Gaussians (the teacher's), same cameras.
@@ -175,7 +176,7 @@ def main() -> None:
     # 3. Structural loss, both modes, at the finished student's size and at 1e5 / 1e6 points, grid 256.
     teacher_means = student.model.teacher_means.to(device)
     small, small_optimizers = training_pipeline(
-        recipe, STUDENT, device, last_step_checkpoint(recipe.method_config(STUDENT))
+        recipe, STUDENT, device, last_step_checkpoint(recipe.configs.method_config(STUDENT))
     )
     small_step = timed(step_function(small, small_optimizers), device, args.steps)
     rows.append(
@@ -240,7 +241,7 @@ def main() -> None:
     # frame takes: gsplat's tile intersections (each costs one 16x16 tile of a Gaussian's compositing).
     speed = {}
     for name in ("vanilla", STUDENT):
-        pipeline, _ = load_teacher(recipe.method_config(name).get_base_dir() / "config.yml", device)
+        pipeline, _ = load_teacher(recipe.configs.method_config(name).get_base_dir() / "config.yml", device)
         tiles = []
 
         def render_every_view(pipeline=pipeline, tiles=tiles) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from distilled_splat.recipe import STUDENT, Recipe
+from distilled_splat.recipe import Recipe
 from distilled_splat.rendering.backend import BACKEND_VARIABLE, cpu_backend
+from distilled_splat.run_configs import STUDENT
 from distilled_splat.training import train
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     settings = recipe.settings
     steps = args.steps or settings.steps
     backends = args.backends or [cpu_backend()]
-    finished_teachers = recipe.student_config(settings.recipe).pipeline.datamanager.teachers
+    finished_teachers = recipe.configs.student_config(settings.recipe).pipeline.datamanager.teachers
     models = ("vanilla", STUDENT)
     seconds = {(name, backend): [] for name in models for backend in backends}
     with tempfile.TemporaryDirectory() as folder:
@@ -52,7 +53,10 @@ def main() -> None:
                     Path(folder) / f"round-{round_number}-{backend}",
                     dataclasses.replace(settings, steps=steps, student_steps=steps),
                 )
-                configs = {"vanilla": fresh.method_config("vanilla"), STUDENT: fresh.method_config(STUDENT)}
+                configs = {
+                    "vanilla": fresh.configs.method_config("vanilla"),
+                    STUDENT: fresh.configs.method_config(STUDENT),
+                }
                 configs[STUDENT].pipeline.datamanager.teachers = finished_teachers
                 for name in models:
                     start = time.perf_counter()

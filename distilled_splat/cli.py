@@ -17,8 +17,9 @@ from distilled_splat.exports.exporters import Format
 from distilled_splat.exports.writer import export_compact
 from distilled_splat.frontier.frontier import Frontier, FrontierSettings
 from distilled_splat.given_model import Frame, GivenModel, GivenTeacher
-from distilled_splat.recipe import DEFAULT_STEPS, Recipe, RecipeSettings, StudentRecipe
+from distilled_splat.recipe import Recipe
 from distilled_splat.report import write_report
+from distilled_splat.run_configs import DEFAULT_STEPS, RecipeSettings, StudentRecipe
 
 
 @dataclass

@@ -18,7 +18,9 @@ from distilled_splat.exports import splat_transform
 from distilled_splat.exports.writer import export_compact
 from distilled_splat.files import write_atomically
 from distilled_splat.plots import log_psnr_axes, new_figure, save_figure
-from distilled_splat.recipe import COMPACT_FORMATS, STUDENT, Recipe
+from distilled_splat.recipe import Recipe
+from distilled_splat.run_configs import STUDENT
+from distilled_splat.run_folder import COMPACT_FORMATS
 from distilled_splat.training import gaussian_count
 
 FIELDS = (
@@ -39,14 +41,14 @@ LABELS = {"vanilla": "vanilla teacher", "noise": "noise teacher", "dropout": "dr
 
 def model_rows(recipe: Recipe) -> Dict[str, Dict[str, Optional[float]]]:
     """Metrics of every finished model, from its eval json, checkpoint, export and recorded training time."""
-    timings = recipe.read_timings()
+    timings = recipe.folder.read_timings()
     rows = {}
-    for name in recipe.models():
-        config = recipe.method_config(name)
+    for name in recipe.configs.models():
+        config = recipe.configs.method_config(name)
         try:
-            results = json.loads(recipe.eval_path(name).read_text())["results"]
-            written = ("ply", *recipe.compact_formats())
-            sizes = {f"{fmt}_bytes": recipe.export_path(name, fmt).stat().st_size for fmt in written}
+            results = json.loads(recipe.folder.eval_path(name).read_text())["results"]
+            written = ("ply", *recipe.folder.compact_formats())
+            sizes = {f"{fmt}_bytes": recipe.folder.export_path(name, fmt).stat().st_size for fmt in written}
             sizes.update({f"{fmt}_bytes": None for fmt in COMPACT_FORMATS if fmt not in written})
         except (OSError, ValueError, KeyError):
             raise DistilledSplatError(
@@ -104,8 +106,10 @@ def write_viewer_pages(recipe: Recipe) -> Optional[str]:
     if splat_transform.find() is None:
         return splat_transform.HOW_TO_GET
     for name, page in VIEWER_PAGES.items():
-        config_path = recipe.method_config(name).get_base_dir() / "config.yml"
-        export_compact(recipe.output / page, "html", ply=recipe.ply_path(name), opening_view=held_out_view(config_path))
+        config_path = recipe.configs.method_config(name).get_base_dir() / "config.yml"
+        export_compact(
+            recipe.output / page, "html", ply=recipe.folder.ply_path(name), opening_view=held_out_view(config_path)
+        )
     return None
 
 
@@ -188,7 +192,7 @@ def side_by_side(panels: List[np.ndarray], captions: List[str]) -> Image.Image:
 
 
 def report_title(recipe: Recipe) -> str:
-    method = recipe.method_config(STUDENT).method_name
+    method = recipe.configs.method_config(STUDENT).method_name
     return f"distilled-splat report: {method} on {recipe.data.name} ({recipe.settings.student_steps:,} steps)"
 
 
@@ -198,8 +202,8 @@ def write_report(recipe: Recipe, console: Optional[Console] = None) -> Dict:
     folder = recipe.output / "report"
     folder.mkdir(parents=True, exist_ok=True)
     plot(rows, folder / "psnr_vs_gaussians.png")
-    teacher_views = held_out_renders(recipe.method_config("vanilla").get_base_dir() / "config.yml")
-    student_views = held_out_renders(recipe.method_config(STUDENT).get_base_dir() / "config.yml")
+    teacher_views = held_out_renders(recipe.configs.method_config("vanilla").get_base_dir() / "config.yml")
+    student_views = held_out_renders(recipe.configs.method_config(STUDENT).get_base_dir() / "config.yml")
     captions = [
         "ground truth",
         f"vanilla teacher, {rows['vanilla']['num_gaussians']:,} Gaussians",

@@ -216,7 +216,7 @@ MUTANTS = {
         GUARDS + "::test_a_student_that_ends_above_its_budget_fails_instead_of_finishing",
     ),
     "zero steps accepted": (
-        "distilled_splat/recipe.py",
+        "distilled_splat/run_configs.py",
         "            if steps is not None and steps < 1:",
         "            if False:",
         "tests/test_recipe.py::test_bad_settings_fail_in_one_line_with_nothing_written",

@@ -21,7 +21,7 @@ from distilled_splat.data.scene_checks import check_frames
 from distilled_splat.data.scene_inputs import find_scene
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.method_configs import distilled_splatfacto, distilled_teacher
-from distilled_splat.recipe import RecipeSettings
+from distilled_splat.run_configs import RecipeSettings
 from tests.conftest import run_command
 from tests.helpers import train_run
 from tests.scene_builders import write_colmap

@@ -13,7 +13,8 @@ from distilled_splat.data import teacher_cache
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.method_configs import distilled_splatfacto_paper, distilled_teacher
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel
-from distilled_splat.recipe import Recipe, RecipeSettings
+from distilled_splat.recipe import Recipe
+from distilled_splat.run_configs import RecipeSettings
 from distilled_splat.training import export_ply, is_complete_checkpoint
 from tests.helpers import build_pipeline, train_run, train_steps
 

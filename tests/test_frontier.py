@@ -25,7 +25,8 @@ from distilled_splat.frontier.contenders import CONTENDERS, DEFAULT_METHODS, mar
 from distilled_splat.frontier.frontier import Frontier, FrontierSettings, ModelSpec
 from distilled_splat.frontier.report import summarise, table
 from distilled_splat.importance import scene_importance
-from distilled_splat.recipe import Recipe, RecipeSettings
+from distilled_splat.recipe import Recipe
+from distilled_splat.run_configs import RecipeSettings
 from distilled_splat.teachers import load_gaussians
 from distilled_splat.training import export_ply, gaussian_count, last_step_checkpoint
 from tests.conftest import BIN, required_tool
@@ -122,7 +123,7 @@ def test_every_contender_builds_the_config_it_declares(frontier):
             assert (str(model.start_checkpoint) == decimated) == (contender.start == "teacher-ply"), name
         # Its datamanager serves exactly the teacher runs it learns from, by path.
         if hasattr(datamanager, "teachers"):
-            expected = tuple(recipe.teacher_config_path(teacher) for teacher in contender.teachers(recipe))
+            expected = tuple(recipe.configs.teacher_config_path(teacher) for teacher in contender.teachers(recipe))
             assert tuple(Path(path) for path in datamanager.teachers) == expected, name
         # Whoever learns from nobody's renders has no distillation, structural loss or pseudo views.
         if contender.distils == "none" and hasattr(model, "distill_weight"):

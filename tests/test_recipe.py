@@ -20,7 +20,8 @@ from distilled_splat import recipe as recipe_module
 from distilled_splat.cli import Run
 from distilled_splat.errors import DistilledSplatError
 from distilled_splat.fingerprints import fingerprint_parts, scene_fingerprint
-from distilled_splat.recipe import Recipe, RecipeSettings
+from distilled_splat.recipe import Recipe
+from distilled_splat.run_configs import RecipeSettings
 from distilled_splat.training import last_step_checkpoint
 from tests.conftest import BIN, required_tool, run_command
 from tests.helpers import pruned_teacher_psnr, untrained_psnr
@@ -48,9 +49,9 @@ def test_report_has_every_model_with_sane_numbers(finished_run):
     for name, row in report["models"].items():
         # Every model beats its own start by a margin: the teacher its untrained seed points, the student (started
         # from the teacher) the teacher cut to the student's count without fine-tuning.
-        config = recipe.method_config(name).get_base_dir() / "config.yml"
+        config = recipe.configs.method_config(name).get_base_dir() / "config.yml"
         if name == "student":
-            teacher = recipe.method_config("vanilla").get_base_dir() / "config.yml"
+            teacher = recipe.configs.method_config("vanilla").get_base_dir() / "config.yml"
             baseline, margin = pruned_teacher_psnr(teacher, row["num_gaussians"]), 0.5
         else:
             baseline, margin = untrained_psnr(config), 1.0
@@ -83,7 +84,7 @@ def test_side_by_side_images_show_every_held_out_view(finished_run, tiny_scene):
 
 def test_student_ply_holds_exactly_the_students_gaussians(finished_run):
     recipe = Recipe.load(finished_run)
-    checkpoint = torch.load(last_step_checkpoint(recipe.method_config("student")), map_location="cpu")
+    checkpoint = torch.load(last_step_checkpoint(recipe.configs.method_config("student")), map_location="cpu")
     count = checkpoint["pipeline"]["_model.gauss_params.means"].shape[0]
     vertices = PlyData.read(str(finished_run / "student.ply"))["vertex"]
     assert len(vertices.data) == count
@@ -117,7 +118,7 @@ def test_interrupted_run_resumes_without_redoing_finished_models(tiny_scene, tmp
         recipe.execute()
     # The default student learns from every teacher it is given (pseudo views of their aggregate): no note.
     assert "do not change it" not in capsys.readouterr().out
-    teacher_checkpoint = last_step_checkpoint(recipe.method_config("vanilla"))
+    teacher_checkpoint = last_step_checkpoint(recipe.configs.method_config("vanilla"))
     teacher_stamp = teacher_checkpoint.stat().st_mtime_ns
     assert not (tmp_path / "out" / "student.ply").exists()
 
@@ -256,7 +257,7 @@ CHANGED_OPTIONS = {
 
 def model_fingerprints(scene: Path, output: Path, recipe_settings: RecipeSettings) -> dict:
     recipe = Recipe(scene, output, recipe_settings)
-    return {name: fingerprint_parts(recipe.method_config(name)) for name in recipe.models()}
+    return {name: fingerprint_parts(recipe.configs.method_config(name)) for name in recipe.configs.models()}
 
 
 def test_every_run_option_changes_what_decides_a_model(tiny_scene, tmp_path, monkeypatch):
@@ -316,7 +317,7 @@ def test_a_finished_run_on_another_scene_or_size_is_refused(finished_run, tiny_s
     """A run folder never reports models made at another size or from another scene as this run's: the run stops
     in one line before it writes anything, recipe.json included."""
     recipe_json = (finished_run / "recipe.json").read_bytes()
-    checkpoint = last_step_checkpoint(Recipe.load(finished_run).method_config("vanilla"))
+    checkpoint = last_step_checkpoint(Recipe.load(finished_run).configs.method_config("vanilla"))
     before = checkpoint.stat().st_mtime_ns
     scene, run_settings = tiny_scene, settings()
     if change == "downscale":
@@ -337,7 +338,7 @@ def test_a_finished_run_on_another_scene_or_size_is_refused(finished_run, tiny_s
 def test_a_finished_run_made_with_other_settings_is_refused_not_reused(finished_run, tiny_scene):
     """A run folder whose student was trained with other settings (an earlier version's defaults, or other
     options) is never reported as this run's student."""
-    student = Recipe.load(finished_run).method_config("student")
+    student = Recipe.load(finished_run).configs.method_config("student")
     checkpoint = last_step_checkpoint(student)
     before = checkpoint.stat().st_mtime_ns
     changed = RecipeSettings(
@@ -353,7 +354,7 @@ def test_a_run_folder_without_a_fingerprint_is_refused(finished_run, tiny_scene,
     it is refused in one line, not reported."""
     copy = tmp_path / "earlier"
     shutil.copytree(finished_run, copy)
-    vanilla = Recipe.load(copy).method_config("vanilla").get_base_dir()
+    vanilla = Recipe.load(copy).configs.method_config("vanilla").get_base_dir()
     (vanilla / "fingerprint.json").unlink()
     with pytest.raises(DistilledSplatError, match="records no fingerprint.json"):
         Run(tiny_scene, copy, settings()).main()

@@ -35,20 +35,20 @@ class ModelConfigs:
                 self.plan.vanilla_config()
             )  # a decimated teacher is stored as the teacher's runs are
         else:
-            config = recipe.run_config(contender.method.config, self.plan.own_and_total_steps(spec.method)[0])
+            config = recipe.configs.run_config(contender.method.config, self.plan.own_and_total_steps(spec.method)[0])
             if isinstance(config.pipeline.datamanager, DistilledDatamanagerConfig):
                 try:
-                    config = recipe.with_args(config, recipe.settings.student_args)
+                    config = recipe.configs.with_args(config, recipe.settings.student_args)
                 except DistilledSplatError as error:
                     raise DistilledSplatError(f"--student-args do not fit contender {spec.method}: {error}") from error
                 teachers = contender.teachers(recipe)
                 datamanager = config.pipeline.datamanager
-                datamanager.teachers = tuple(recipe.teacher_config_path(name) for name in teachers)
-                datamanager.teacher_cache_dir = recipe.runs / "frontier" / "teacher-cache" / "+".join(teachers)
+                datamanager.teachers = tuple(recipe.configs.teacher_config_path(name) for name in teachers)
+                datamanager.teacher_cache_dir = recipe.folder.runs / "frontier" / "teacher-cache" / "+".join(teachers)
                 config.pipeline.model.target_fraction, config.pipeline.model.target_gaussians = spec.budget, None
         setup = Setup(self.plan.budget_count(spec.budget), lambda: str(self.decimated_checkpoint(spec.budget)))
         contender.settings(config, setup)
-        config.output_dir = recipe.runs
+        config.output_dir = recipe.folder.runs
         config.experiment_name = "frontier"
         config.machine.seed = spec.seed if contender.seed_matters else self.plan.teacher_seed()
         return config
@@ -106,6 +106,6 @@ class ModelConfigs:
         return {
             "data": str(self.plan.recipe.data.resolve()), "teacher_steps": settings.steps,
             "student_steps": settings.student_steps, "compute": self.plan.settings.compute, "device": settings.device,
-            "downscale": settings.downscale, "teachers": list(self.plan.recipe.teachers("gradual")),
+            "downscale": settings.downscale, "teachers": list(self.plan.recipe.configs.teachers("gradual")),
             "student_args": settings.student_args, "teacher_args": settings.teacher_args,
         }  # fmt: skip

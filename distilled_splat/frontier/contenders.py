@@ -19,7 +19,8 @@ from distilled_splat.method_configs import (
     without_distillation,
     without_pseudo_views,
 )
-from distilled_splat.recipe import Recipe, TeacherName
+from distilled_splat.recipe import Recipe
+from distilled_splat.run_configs import TeacherName
 
 Start = Literal["teacher", "points", "teacher-ply"]
 Distils = Literal["none", "student", "paper", "vanilla"]
@@ -81,8 +82,8 @@ class Contender:
         return {
             "none": ("vanilla",),
             "vanilla": ("vanilla",),
-            "student": recipe.teachers("gradual"),
-            "paper": recipe.teachers("paper"),
+            "student": recipe.configs.teachers("gradual"),
+            "paper": recipe.configs.teachers("paper"),
         }[self.distils]
 
     def teachers_used(self, recipe: Recipe) -> Tuple[TeacherName, ...]:

@@ -144,7 +144,7 @@ class Frontier:
         contender = CONTENDERS[spec.method]
         own_steps, total_steps = self.plan.own_and_total_steps(spec.method)
         teachers_used = contender.teachers_used(self.recipe)
-        teacher_seconds = self.recipe.read_timings()
+        teacher_seconds = self.recipe.folder.read_timings()
         row = {
             "method": spec.method, "budget": spec.budget, "seed": spec.seed, "fingerprint": self.configs.fingerprint(spec),
             "settings": self.configs.settings_record(), "start": contender.start, "teachers_used": list(teachers_used),

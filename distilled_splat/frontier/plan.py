@@ -19,7 +19,8 @@ from distilled_splat.frontier.contenders import (
     Compute,
     ContenderName,
 )
-from distilled_splat.recipe import TEACHER_METHODS, Recipe
+from distilled_splat.recipe import Recipe
+from distilled_splat.run_configs import TEACHER_METHODS
 from distilled_splat.training import gaussian_count
 
 CHOICES = "; ".join(f"{name}: {contender.description}" for name, contender in CONTENDERS.items())
@@ -139,7 +140,7 @@ class FrontierPlan:
     def teacher_config(self, name: str) -> TrainerConfig:
         """The one place a frontier builds a teacher's config (to train it, find its checkpoint, count it; its
         folder, where students find it, does not depend on the seed), under the teachers' seed."""
-        config = self.recipe.method_config(name)
+        config = self.recipe.configs.method_config(name)
         config.machine.seed = self.teacher_seed()
         return config
 
