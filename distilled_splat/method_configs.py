@@ -7,7 +7,7 @@ module from a plugin that it is itself discovering leaves it half-initialised.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
@@ -27,7 +27,7 @@ from distilled_splat.models.dropout_splatfacto import DropoutSplatfactoModelConf
 from distilled_splat.models.mcmc_splatfacto import MCMCSplatfactoModelConfig
 from distilled_splat.models.perturbed_splatfacto import PerturbedSplatfactoModelConfig
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModelConfig
-from distilled_splat.schedules import FULL_RUN_STEPS, scale_to_run_length, scheduled_parts
+from distilled_splat.schedules import FULL_RUN_STEPS, fit_model_to_run_length, scale_to_run_length, scheduled_parts
 
 
 def splat_optimizers() -> Dict[str, Any]:
@@ -80,6 +80,7 @@ class CheckedTrainerConfig(TrainerConfig):
             datamanager.prepare_run(self.get_base_dir())
         if self.scale_schedules and self.max_num_iterations != FULL_RUN_STEPS:
             self.__dict__.update(scale_to_run_length(self, self.max_num_iterations).__dict__)
+        fit_model_to_run_length(self, self.max_num_iterations)  # also a full-length or unscaled run
         self.check_events_fit()
         super().save_config()
 
@@ -143,13 +144,12 @@ FINETUNE_MEANS_LR = 1.6e-5
 alternatives alike): ten times the end of splatfacto's decay, where LightGaussian continues. A cut model's
 survivors must move to cover for the removed ones; at 1.6e-6 the student lost 0.4-0.7 dB on the demo and the fox
 (docs/experiments.md, "Positions fine-tuned at ten times the rate")."""
-GRADUAL_CUTS = 8
-"""Cuts from the teacher's count to the budget in the default student (see --pipeline.model.budget-cuts)."""
 
 
-def from_teacher(config: TrainerConfig, budget_cuts: int = GRADUAL_CUTS) -> TrainerConfig:
+def from_teacher(config: TrainerConfig, budget_cuts: Optional[int] = None) -> TrainerConfig:
     """``config``'s student started from the trained vanilla teacher and fine-tuned: cut to its budget in
-    ``budget_cuts`` cuts of equal ratio (the last at half the run; 1 = at once before the first step), no
+    ``budget_cuts`` cuts of equal ratio (the last at half the run; 1 = at once before the first step; None = by
+    the run's length, see --pipeline.model.budget-cuts), no
     densification, pruning or opacity resets, full SH degree from the first step, positions at FINETUNE_MEANS_LR.
     Changes ``config`` in place and returns it."""
     model = config.pipeline.model
@@ -158,7 +158,9 @@ def from_teacher(config: TrainerConfig, budget_cuts: int = GRADUAL_CUTS) -> Trai
     model.stop_split_at = 0
     model.sh_degree_interval = 1
     config.optimizers["means"] = {"optimizer": AdamOptimizerConfig(lr=FINETUNE_MEANS_LR, eps=1e-15), "scheduler": None}
-    config.pipeline.datamanager.pseudo_start = model.cut_steps()[-1]  # where it takes them: once at its budget
+    # Pseudo views from half the run on: where the gradual cuts reach the budget (kept there when the run's length
+    # makes it one cut at step 0, as measured).
+    config.pipeline.datamanager.pseudo_start = model.cuts_stop if budget_cuts != 1 else 0
     return config
 
 

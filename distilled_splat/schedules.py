@@ -29,6 +29,13 @@ def scheduled_parts(config: TrainerConfig) -> Dict[str, object]:
     return {"model": config.pipeline.model, **({"datamanager": datamanager} if has_schedules else {})}
 
 
+def fit_model_to_run_length(config: TrainerConfig, max_steps: int) -> None:
+    """Let the model settle what depends on the run's length (where it is one of this package's)."""
+    fit = getattr(config.pipeline.model, "fit_to_run_length", None)
+    if fit is not None:
+        fit(max_steps)
+
+
 def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
     """A copy of ``config`` running ``max_steps`` steps, every step-count schedule scaled by ``max_steps / 30_000``.
 
@@ -60,6 +67,7 @@ def scale_to_run_length(config: TrainerConfig, max_steps: int) -> TrainerConfig:
         if isinstance(scheduler, ExponentialDecaySchedulerConfig):
             scheduler.max_steps = scaled(scheduler.max_steps)
             scheduler.warmup_steps = scaled(scheduler.warmup_steps) if scheduler.warmup_steps else 0
+    fit_model_to_run_length(config, max_steps)
     config.max_num_iterations = max_steps
     config.steps_per_save = scaled(config.steps_per_save)
     config.scale_schedules = False

@@ -318,6 +318,18 @@ MUTANTS = {
         "    fi\nfi",
         "tests/test_setup_script.py",
     ),
+    "a full-length ns-train run leaves its cuts unsettled": (
+        "distilled_splat/method_configs.py",
+        "        fit_model_to_run_length(self, self.max_num_iterations)  # also a full-length or unscaled run\n",
+        "",
+        "tests/test_schedules.py::test_ns_train_settles_the_cuts_at_full_length_too",
+    ),
+    "long runs cut gradually too": (
+        "distilled_splat/models/distilled_splatfacto.py",
+        "self.budget_cuts = GRADUAL_CUTS if max_steps < MERGE_ONCE_FROM_STEPS else 1",
+        "self.budget_cuts = GRADUAL_CUTS",
+        "tests/test_schedules.py::test_the_default_student_cuts_by_the_run_length_and_never_densifies",
+    ),
     "viewer page without the axis conversion": (
         "distilled_splat/exports/web_viewer.py",
         "    return euler_xyz_degrees(rotation.T @ FLIP), settings",

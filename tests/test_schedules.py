@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from distilled_splat.method_configs import distilled_splatfacto, distilled_splatfacto_paper, distilled_teacher
+from distilled_splat.models.distilled_splatfacto import MERGE_ONCE_FROM_STEPS
 from distilled_splat.schedules import scale_to_run_length
 
 
@@ -51,12 +52,34 @@ def test_student_phases_scale_and_disabled_ones_stay_off():
     assert scale_to_run_length(disabled, 3000).pipeline.model.sample_at is None
 
 
-def test_the_default_student_cuts_over_the_first_half_and_never_densifies_at_any_length():
-    for steps in (60, 1000, 30_000):
-        config = scale_to_run_length(distilled_splatfacto.config, steps)
-        model = config.pipeline.model
-        # 0 is "from the start" and must stay 0: stop-split-at 1 would reset every opacity at step 0.
-        assert model.stop_split_at == 0 and model.init == "teacher"
-        assert model.cut_steps() == tuple(round(i * (steps // 2) / 7) for i in range(8))
-        assert config.pipeline.datamanager.pseudo_start == model.cut_steps()[-1], "pseudo views after the cuts"
-        assert config.optimizers["means"]["scheduler"] is None
+@pytest.mark.parametrize("steps, cuts", [(60, 8), (1000, 8), (1999, 8), (2000, 1), (4000, 1), (30_000, 1)])
+def test_the_default_student_cuts_by_the_run_length_and_never_densifies(steps, cuts):
+    """Eight cuts over the first half of a short run, one cut at step 0 from MERGE_ONCE_FROM_STEPS on; pseudo
+    views from half the run on either way."""
+    assert MERGE_ONCE_FROM_STEPS == 2000
+    config = scale_to_run_length(distilled_splatfacto.config, steps)
+    model = config.pipeline.model
+    # 0 is "from the start" and must stay 0: stop-split-at 1 would reset every opacity at step 0.
+    assert model.stop_split_at == 0 and model.init == "teacher"
+    assert abs(model.cuts_stop - steps / 2) <= 0.5
+    expected = (0,) if cuts == 1 else tuple(round(i * model.cuts_stop / 7) for i in range(8))
+    assert model.budget_cuts == cuts and model.cut_steps() == expected
+    assert config.pipeline.datamanager.pseudo_start == model.cuts_stop
+    assert config.optimizers["means"]["scheduler"] is None
+
+
+def test_a_chosen_number_of_cuts_is_kept_at_any_length():
+    chosen = copy.deepcopy(distilled_splatfacto.config)
+    chosen.pipeline.model.budget_cuts = 3
+    assert scale_to_run_length(chosen, 4000).pipeline.model.budget_cuts == 3
+    assert scale_to_run_length(chosen, 1000).pipeline.model.budget_cuts == 3
+
+
+def test_ns_train_settles_the_cuts_at_full_length_too(tiny_scene, teacher_runs, tmp_path):
+    """A 30000-step ns-train run is not rescaled, and still gets its cuts settled before the run starts."""
+    config = copy.deepcopy(distilled_splatfacto.config)
+    config.output_dir, config.machine.device_type = tmp_path, "cpu"
+    config.pipeline.datamanager.data = tiny_scene
+    config.pipeline.datamanager.teachers = teacher_runs[:1]
+    config.save_config()
+    assert config.max_num_iterations == 30_000 and config.pipeline.model.budget_cuts == 1

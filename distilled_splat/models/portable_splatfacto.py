@@ -88,6 +88,9 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
         """Step counts that :func:`distilled_splat.schedules.scale_to_run_length` scales with the run length."""
         return ("warmup_length", "resolution_schedule", "sh_degree_interval", "stop_screen_size_at", "stop_split_at")
 
+    def fit_to_run_length(self, max_steps: int) -> None:
+        """Settle the settings that depend on the run's length (none here; see the student's budget-cuts)."""
+
     def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
         """Events this model exists for, as {setting: (first step, how to turn it off)}; a run too short for one
         is refused before it starts (:class:`distilled_splat.method_configs.CheckedTrainerConfig`)."""
