@@ -330,6 +330,12 @@ MUTANTS = {
         "self.budget_cuts = GRADUAL_CUTS",
         "tests/test_schedules.py::test_the_default_student_cuts_by_the_run_length_and_never_densifies",
     ),
+    "a stalled npm waited for": (
+        "scripts/setup.sh",
+        'if timeout "${NPM_TRY_SECONDS:-300}" npm install',
+        "if npm install",
+        "tests/test_setup_script.py::test_an_npm_that_stalls_is_stopped_and_tried_again",
+    ),
     "viewer page without the axis conversion": (
         "distilled_splat/exports/web_viewer.py",
         "    return euler_xyz_degrees(rotation.T @ FLIP), settings",

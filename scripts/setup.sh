@@ -44,13 +44,22 @@ fi
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 # PlayCanvas's splat-transform: the frontier's training-free decimation, the SOG and HTML viewer exports, and the
 # tests' reader of our compact exports (a reader that is not ours). Where npm exists it must install: a failure
-# stops setup before the stamp is written, so the next run tries again.
-if command -v npm >/dev/null 2>&1; then
-    if ! npm install --silent --no-audit --no-fund --prefix .venv/node "@playcanvas/splat-transform@2.7.1" >/dev/null ||
-        [ ! -x "$splat_transform" ]; then
-        echo "setup: npm could not install @playcanvas/splat-transform@2.7.1 into .venv/node" >&2
-        exit 1
-    fi
+# stops setup before the stamp is written, so the next run tries again. npm 11 has been seen to stall for good
+# after fetching, with no error: each try gets $NPM_TRY_SECONDS (default 300), and there are three.
+install_splat_transform() {
+    local attempt
+    for attempt in 1 2 3; do
+        if timeout "${NPM_TRY_SECONDS:-300}" npm install --silent --no-audit --no-fund --prefix .venv/node \
+            "@playcanvas/splat-transform@2.7.1" >/dev/null && [ -x "$splat_transform" ]; then
+            return 0
+        fi
+        echo "setup: npm did not install @playcanvas/splat-transform@2.7.1 (try $attempt of 3)" >&2
+    done
+    return 1
+}
+if command -v npm >/dev/null 2>&1 && ! install_splat_transform; then
+    echo "setup: npm could not install @playcanvas/splat-transform@2.7.1 into .venv/node" >&2
+    exit 1
 fi
 echo "$wanted" > "$stamp"
 build_cpu_kernels

@@ -35,7 +35,7 @@ def sandbox(tmp_path: Path, npm_body: str) -> Path:
 
 
 def setup(repo: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "NPM_TRY_SECONDS": "3"}
     return subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -50,6 +50,17 @@ def test_setup_stops_without_a_stamp_when_splat_transform_does_not_install(tmp_p
     result = setup(repo, tmp_path)
     assert result.returncode != 0 and "could not install @playcanvas/splat-transform" in result.stderr
     assert not (repo / ".venv" / ".distilled-splat-installed").exists()
+
+
+def test_an_npm_that_stalls_is_stopped_and_tried_again(tmp_path):
+    """npm 11 once stalled for good after fetching (a CI setup waited 12 minutes): the try is cut off and the
+    next one installs."""
+    stalls_first = f'if [ ! -e "{tmp_path}/tried" ]; then touch "{tmp_path}/tried"; sleep 30; fi; {INSTALLS}'
+    repo = sandbox(tmp_path, stalls_first)
+    result = setup(repo, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "did not install @playcanvas/splat-transform@2.7.1 (try 1 of 3)" in result.stderr
+    assert (repo / ".venv" / ".distilled-splat-installed").is_file()
 
 
 def test_setup_writes_its_stamp_once_splat_transform_is_installed_and_then_skips(tmp_path):
