@@ -205,7 +205,7 @@ MUTANTS = {
     # issue 22-25: schedules, guarantees, the frontier's contest, distillation at pseudo views, the viewer page
     "budget cuts not a scheduled event": (
         "distilled_splat/models/distilled_splatfacto.py",
-        '        if self.init == "teacher" and self.budget_cuts > 1:\n            # The last cut',
+        '        if self.init == "teacher" and (self.budget_cuts or 0) > 1:\n            # The last cut',
         "        if False:\n            # The last cut",
         GUARDS + "::test_events_after_the_last_step_are_refused_unless_turned_off",
     ),
@@ -314,8 +314,8 @@ MUTANTS = {
     ),
     "setup goes on after a failed splat-transform install": (
         "scripts/setup.sh",
-        "        exit 1\n    fi\nfi",
-        "    fi\nfi",
+        '.venv/node" >&2\n    exit 1\nfi',
+        '.venv/node" >&2\nfi',
         "tests/test_setup_script.py",
     ),
     "a full-length ns-train run leaves its cuts unsettled": (
