@@ -101,9 +101,8 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     """With init teacher: cut from the teacher's count to the budget in this many cuts of equal ratio, evenly
     spaced from the first step to cuts-stop, each keeping the most important Gaussians at that moment; 1 cuts
     once, before the first step (LightGaussian). Fine-tuning between cuts lets the survivors take over the space
-    of the pruned ones. None (distilled-splatfacto): by the run's length, GRADUAL_CUTS cuts in runs shorter than
-    MERGE_ONCE_FROM_STEPS steps, one cut at step 0 in longer ones (docs/experiments.md, "Cut gradually or merge
-    once")."""
+    of the pruned ones. None (distilled-splatfacto): by the run's length, 8 cuts up to half a run shorter than 2000
+    steps, one cut at step 0 from 2000 steps on (docs/experiments.md, "Cut gradually or merge once")."""
     cuts_stop: int = 15000
     """With init teacher and budget-cuts > 1: the step of the last cut, which reaches the budget (half the run)."""
     first_cut_keep: Optional[float] = None
