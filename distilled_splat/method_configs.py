@@ -80,15 +80,15 @@ class CheckedTrainerConfig(TrainerConfig):
             datamanager.prepare_run(self.get_base_dir())
         if self.scale_schedules and self.max_num_iterations != FULL_RUN_STEPS:
             self.__dict__.update(scale_to_run_length(self, self.max_num_iterations).__dict__)
-        fit_model_to_run_length(self, self.max_num_iterations)  # also a full-length or unscaled run
         self.check_events_fit()
         super().save_config()
 
     def check_events_fit(self) -> None:
         """Refuse a run whose last step comes before one of its scheduled events (a prune, a window, the first
-        pseudo view)."""
+        pseudo view), once what depends on the run's length is settled (also in a full-length or unscaled run)."""
         if not isinstance(self.pipeline.model, PortableSplatfactoModelConfig):
             return
+        fit_model_to_run_length(self, self.max_num_iterations)
         last = self.max_num_iterations - 1
         for owner_name, owner in scheduled_parts(self).items():
             for name, (step, turn_off) in owner.scheduled_events().items():

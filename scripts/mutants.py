@@ -320,7 +320,7 @@ MUTANTS = {
     ),
     "a full-length ns-train run leaves its cuts unsettled": (
         "distilled_splat/method_configs.py",
-        "        fit_model_to_run_length(self, self.max_num_iterations)  # also a full-length or unscaled run\n",
+        "        fit_model_to_run_length(self, self.max_num_iterations)\n",
         "",
         "tests/test_schedules.py::test_ns_train_settles_the_cuts_at_full_length_too",
     ),
