@@ -142,16 +142,15 @@ distilled_teacher_dropout = MethodSpecification(
 FINETUNE_MEANS_LR = 1.6e-5
 """Position learning rate of every fine-tune from a trained model (the student and the teacher-started
 alternatives alike): ten times the end of splatfacto's decay, where LightGaussian continues. A cut model's
-survivors must move to cover for the removed ones; at 1.6e-6 the student lost 0.4-0.7 dB on the demo and the fox
-(docs/experiments.md, "Positions fine-tuned at ten times the rate")."""
+survivors must move to cover for the removed ones; at 1.6e-6 the student lost 0.33-0.88 dB on the demo and the fox
+(docs/experiments.md, "Positions at 1.6e-5")."""
 
 
 def from_teacher(config: TrainerConfig, budget_cuts: Optional[int] = None) -> TrainerConfig:
     """``config``'s student started from the trained vanilla teacher and fine-tuned: cut to its budget in
     ``budget_cuts`` cuts of equal ratio (the last at half the run; 1 = at once before the first step; None = by
-    the run's length, see --pipeline.model.budget-cuts), no
-    densification, pruning or opacity resets, full SH degree from the first step, positions at FINETUNE_MEANS_LR.
-    Changes ``config`` in place and returns it."""
+    the run's length, see --pipeline.model.budget-cuts), no densification, pruning or opacity resets, full SH
+    degree from the first step, positions at FINETUNE_MEANS_LR. Changes ``config`` in place and returns it."""
     model = config.pipeline.model
     model.init, model.budget_cuts, model.cuts_stop = "teacher", budget_cuts, config.max_num_iterations // 2
     model.sample_at, model.prune_at = None, None

@@ -66,7 +66,7 @@ class Frontier:
                 self.recipe.train_stage(name, config, progress)
 
     def execute(self) -> List[Dict]:
-        if not (self.recipe.output / "recipe.json").is_file():  # a run's record stays the run's
+        if not self.recipe.folder.record_path.is_file():  # a run's record stays the run's
             self.recipe.save()
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -152,6 +152,6 @@ class FrontierPlan:
         return self.once(("teacher seed",), self.read_teacher_seed)
 
     def read_teacher_seed(self) -> int:
-        if (self.recipe.output / "recipe.json").is_file():
+        if self.recipe.folder.record_path.is_file():
             return Recipe.load(self.recipe.output).settings.seed
         return self.recipe.settings.seed
