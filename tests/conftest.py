@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import pytest
+from filelock import FileLock
 
 from distilled_splat.data.synthetic import PRESETS, write_scene
 
 BIN = Path(sys.executable).parent
 TEACHER_STEPS = 60
+Built = TypeVar("Built")
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Built]) -> Built:
+    """``build(folder)``'s value, built once per test run even where pytest-xdist spreads the tests over several
+    workers (scripts/test.sh): the first worker to ask builds it in a folder all of them share, under a file lock,
+    and the others wait for it and read the value it pickled. A failed build leaves nothing that counts as built."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # each worker's basetemp is a folder of the run's
+    folder, value = root / f"built-{name}", root / f"built-{name}.pickle"
+    with FileLock(f"{folder}.lock"):
+        if not value.is_file():
+            folder.mkdir(exist_ok=True)
+            made = build(folder)
+            value.with_suffix(".partial").write_bytes(pickle.dumps(made))
+            value.with_suffix(".partial").rename(value)
+        return pickle.loads(value.read_bytes())
 
 
 def required_tool(path: Optional[Path], missing: str) -> Path:
@@ -56,7 +76,7 @@ def run_command(*args: str, check: bool = True, timeout: float = 600) -> subproc
 
 @pytest.fixture(scope="session")
 def tiny_scene(tmp_path_factory) -> Path:
-    return write_scene(tmp_path_factory.mktemp("scenes") / "tiny", PRESETS["tiny"])
+    return built_once(tmp_path_factory, "tiny-scene", lambda folder: write_scene(folder / "tiny", PRESETS["tiny"]))
 
 
 def ns_train(method: str, scene: Path, output: Path, *settings: str, steps: int = TEACHER_STEPS) -> Path:
@@ -80,9 +100,10 @@ def trained_teacher(tmp_path_factory, tiny_scene) -> Path:
     Schedules scaled to 60 steps (so the learning rates decay as in a full run), refining every 20 steps so that
     the run densifies (at step 20) before densification stops (step 30).
     """
-    return ns_train(
-        "distilled-teacher", tiny_scene, tmp_path_factory.mktemp("runs"), "--pipeline.model.refine-every", "20"
-    )
+    return built_once(
+        tmp_path_factory, "teacher",
+        lambda folder: ns_train("distilled-teacher", tiny_scene, folder, "--pipeline.model.refine-every", "20"),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -91,15 +112,20 @@ def teacher_runs(tmp_path_factory, tiny_scene):
     from distilled_splat.method_configs import distilled_teacher, distilled_teacher_dropout, distilled_teacher_noise
     from tests.helpers import train_run
 
-    output = tmp_path_factory.mktemp("teachers")
     specs = (distilled_teacher, distilled_teacher_noise, distilled_teacher_dropout)
-    return tuple(train_run(spec.config, tiny_scene, output, TEACHER_STEPS) for spec in specs)
+    return built_once(
+        tmp_path_factory, "teachers",
+        lambda folder: tuple(train_run(spec.config, tiny_scene, folder, TEACHER_STEPS) for spec in specs),
+    )  # fmt: skip
 
 
 def ns_train_student(method, tmp_path_factory, tiny_scene, teacher_runs) -> Path:
-    return ns_train(
-        method, tiny_scene, tmp_path_factory.mktemp("student"),
-        "--pipeline.datamanager.teachers", *map(str, teacher_runs), "--pipeline.model.target-gaussians", "30",
+    return built_once(
+        tmp_path_factory, method,
+        lambda folder: ns_train(
+            method, tiny_scene, folder,
+            "--pipeline.datamanager.teachers", *map(str, teacher_runs), "--pipeline.model.target-gaussians", "30",
+        ),
     )  # fmt: skip
 
 

@@ -29,7 +29,7 @@ from distilled_splat.recipe import Recipe
 from distilled_splat.run_configs import RecipeSettings
 from distilled_splat.teachers import load_gaussians
 from distilled_splat.training import export_ply, gaussian_count, last_step_checkpoint
-from tests.conftest import BIN, required_tool
+from tests.conftest import BIN, built_once, required_tool
 from tests.helpers import setup_pipeline, spy_on_growth, train_steps
 
 STEPS = 40
@@ -38,11 +38,16 @@ STEPS = 40
 @pytest.fixture(scope="module")
 def frontier(tiny_scene, tmp_path_factory) -> Frontier:
     """A frontier on the tiny scene with its three teachers trained (40 steps each)."""
-    recipe = Recipe(tiny_scene, tmp_path_factory.mktemp("frontier"), RecipeSettings(steps=STEPS, device="cpu"))
-    made = Frontier(recipe, FrontierSettings(methods=tuple(CONTENDERS), budgets=(0.25,), seeds=1))
-    with Progress(disable=True) as progress:
-        made.train_teachers(progress)
-    return made
+
+    def with_teachers(output):
+        recipe = Recipe(tiny_scene, output, RecipeSettings(steps=STEPS, device="cpu"))
+        made = Frontier(recipe, FrontierSettings(methods=tuple(CONTENDERS), budgets=(0.25,), seeds=1))
+        with Progress(disable=True) as progress:
+            made.train_teachers(progress)
+        return made
+
+    # Built once; every pytest-xdist worker then makes its own Frontier on that folder, which finds them trained.
+    return with_teachers(built_once(tmp_path_factory, "frontier", lambda output: with_teachers(output).recipe.output))
 
 
 def pipeline_of(frontier: Frontier, method: str, budget: float = 0.25, **model_settings):

@@ -23,7 +23,7 @@ from distilled_splat.fingerprints import fingerprint_parts, scene_fingerprint
 from distilled_splat.recipe import Recipe
 from distilled_splat.run_configs import RecipeSettings
 from distilled_splat.training import last_step_checkpoint
-from tests.conftest import BIN, required_tool, run_command
+from tests.conftest import BIN, built_once, required_tool, run_command
 from tests.helpers import pruned_teacher_psnr, untrained_psnr
 
 STEPS = 60
@@ -35,9 +35,11 @@ def settings(**overrides):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_scene):
-    output = tmp_path_factory.mktemp("recipe")
-    Run(tiny_scene, output, settings()).main()
-    return output
+    def run(output):
+        Run(tiny_scene, output, settings()).main()
+        return output
+
+    return built_once(tmp_path_factory, "recipe", run)
 
 
 def test_report_has_every_model_with_sane_numbers(finished_run):
@@ -198,9 +200,11 @@ def killable_args(output, tiny_scene):
 
 @pytest.fixture(scope="module")
 def uninterrupted_report(tmp_path_factory, tiny_scene):
-    output = tmp_path_factory.mktemp("uninterrupted")
-    run_command(*killable_args(output, tiny_scene))
-    return json.loads((output / "report.json").read_text())
+    def run(output):
+        run_command(*killable_args(output, tiny_scene))
+        return json.loads((output / "report.json").read_text())
+
+    return built_once(tmp_path_factory, "uninterrupted-run", run)
 
 
 @pytest.mark.parametrize("moment", [teacher_checkpoint_saved, cache_build_started, student_checkpoint_saved])
