@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# One pytest-xdist worker per core, up to 4: most of the suite's time is single-threaded (starting the commands
-# it tests, node, Chromium), so two cores run it in about half the time.
-.venv/bin/python -m pytest --numprocesses auto --maxprocesses 4 "$@"
+# One pytest-xdist worker per core (at most 4), idle ones taking tests queued for busy ones: much of the suite's
+# time is single-threaded (starting the commands it tests, node, Chromium), so two cores take about 0.6 of one's.
+.venv/bin/python -m pytest --numprocesses auto --maxprocesses 4 --dist worksteal "$@"

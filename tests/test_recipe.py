@@ -207,17 +207,22 @@ def uninterrupted_report(tmp_path_factory, tiny_scene):
     return built_once(tmp_path_factory, "uninterrupted-run", run)
 
 
-@pytest.mark.parametrize("moment", [teacher_checkpoint_saved, cache_build_started, student_checkpoint_saved])
-def test_killed_run_completes_when_run_again(tiny_scene, tmp_path, moment, uninterrupted_report):
+def test_a_run_killed_at_each_moment_completes_when_run_again(tiny_scene, tmp_path, uninterrupted_report):
+    """Killed (SIGKILL: no clean-up code runs) once a teacher checkpoint is saved, run again and killed once the
+    teacher cache's build has started, run again and killed once a student checkpoint is saved, then run to its
+    end: each run resumes from what the killed one left."""
     output = tmp_path / "out"
     args = killable_args(output, tiny_scene)
-    process = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not moment(output) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.kill()  # SIGKILL: no clean-up code runs
-    process.wait()
-    assert moment(output), "the run ended before the moment to kill it"
+    for moment in (teacher_checkpoint_saved, cache_build_started, student_checkpoint_saved):
+        process = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.time() + 300
+        while not moment(output) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        process.kill()
+        process.wait()
+        assert moment(output), f"the run ended before the moment to kill it ({moment.__name__})"
     run_command(*args)
     report = json.loads((output / "report.json").read_text())
     student = report["models"]["student"]
@@ -364,62 +369,68 @@ def test_a_run_folder_without_a_fingerprint_is_refused(finished_run, tiny_scene,
         Run(tiny_scene, copy, settings()).main()
 
 
-def test_every_benchmark_script_runs_at_toy_size(finished_run, tmp_path):
-    """Each script in benchmarks/ runs to its end on a finished run (the README's commands, at toy size), so a
-    benchmark cannot rot unseen; the GPU scripts run until their CUDA check on a machine without CUDA."""
-    root = Path(__file__).resolve().parents[1]
-    python = str(BIN / "python")
-    toy = {
-        "bench_rasterizer.py": ["--counts", "200", "--sizes", "16x16", "--repeats", "1"],
-        "bench_distillation.py": ["--output", str(finished_run), "--steps", "2", "--structure-counts", "500"],
-        "bench_training_time.py": [
-            "--output",
-            str(finished_run),
-            "--steps",
-            "20",
-            "--rounds",
-            "1",
-            "--backends",
-            "torch",
-            "cpp",
-        ],
-    }
-    number = r"\d+(\.\d+)?"
-    # The rows each script must print, with numbers where its measurements go.
-    expected_rows = {
-        "bench_rasterizer.py": [
-            rf"random 200 16x16 +\d+ +{backend} +200 +16x16( +{number}){{4}} +yes +{number}"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+NUMBER = r"\d+(\.\d+)?"
+TOY_BENCHMARKS = {
+    "bench_rasterizer.py": (
+        lambda run: ["--counts", "200", "--sizes", "16x16", "--repeats", "1"],
+        [
+            rf"random 200 16x16 +\d+ +{backend} +200 +16x16( +{NUMBER}){{4}} +yes +{NUMBER}"
             for backend in ("torch", "cpp")
         ],
-        "bench_distillation.py": [
-            rf"importance, all training views +│ +{number} s",
-            rf"render, student +│ +{number} ms = {number} fps",
-        ],
-        "bench_training_time.py": [
-            rf"{model} +│ +{backend} +│ +{number} +│ +{number} +│ +{number}"
+    ),
+    "bench_distillation.py": (
+        lambda run: ["--output", str(run), "--steps", "2", "--structure-counts", "500"],
+        [rf"importance, all training views +│ +{NUMBER} s", rf"render, student +│ +{NUMBER} ms = {NUMBER} fps"],
+    ),
+    "bench_training_time.py": (
+        lambda run: ["--output", str(run), "--steps", "20", "--rounds", "1", "--backends", "torch", "cpp"],
+        [
+            rf"{model} +│ +{backend} +│ +{NUMBER} +│ +{NUMBER} +│ +{NUMBER}"
             for model in ("vanilla teacher", "student \\(default\\)")
             for backend in ("torch", "cpp")
         ]
-        + [rf"student / teacher +│ +{backend} +│ +{number}" for backend in ("torch", "cpp")],
-    }
-    scripts = sorted(path.name for path in (root / "benchmarks").iterdir() if path.suffix in (".py", ".sh"))
-    assert set(toy) | {"gpu_check.sh", "gpu_env.sh", "gpu_frontier.sh"} == set(scripts), "a new script needs a toy run"
-    for name, args in toy.items():
-        result = subprocess.run(
-            [python, f"benchmarks/{name}", *args], cwd=root, capture_output=True, text=True, timeout=900
-        )
-        assert result.returncode == 0, (name, result.stderr[-3000:])
-        assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
-        for row in expected_rows[name]:
-            assert re.search(row, result.stdout), (name, row, result.stdout[-2000:])
-    if not torch.cuda.is_available():
-        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # python3 is this environment's, with torch
-        for name in ("gpu_check.sh", "gpu_frontier.sh"):
-            args = [] if name == "gpu_check.sh" else ["", str(tmp_path / "gpu"), "60", "1"]
-            result = subprocess.run(
-                ["bash", f"benchmarks/{name}", *args], cwd=root, capture_output=True, text=True, env=env, timeout=300
-            )
-            assert result.returncode != 0 and "no CUDA device visible to torch" in result.stderr, (name, result)
+        + [rf"student / teacher +│ +{backend} +│ +{NUMBER}" for backend in ("torch", "cpp")],
+    ),
+}
+"""Each CPU benchmark's arguments at toy size (given a finished run) and the rows it must print, with numbers where
+its measurements go."""
+GPU_BENCHMARKS = {
+    "gpu_check.sh": lambda folder: [],
+    "gpu_frontier.sh": lambda folder: ["", str(folder / "gpu"), "60", "1"],
+}
+"""The GPU scripts, each with its arguments, and the helper they source."""
+
+
+def test_every_benchmark_script_has_a_toy_run():
+    scripts = {path.name for path in BENCHMARKS.iterdir() if path.suffix in (".py", ".sh")}
+    assert set(TOY_BENCHMARKS) | set(GPU_BENCHMARKS) | {"gpu_env.sh"} == scripts, "a new script needs a toy run"
+
+
+@pytest.mark.parametrize("name", sorted(TOY_BENCHMARKS))
+def test_benchmark_script_runs_at_toy_size(finished_run, name):
+    """Each script in benchmarks/ runs to its end on a finished run (the README's commands, at toy size), so a
+    benchmark cannot rot unseen."""
+    arguments, rows = TOY_BENCHMARKS[name]
+    result = subprocess.run(
+        [str(BIN / "python"), f"benchmarks/{name}", *arguments(finished_run)], cwd=BENCHMARKS.parent,
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, (name, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+    for row in rows:
+        assert re.search(row, result.stdout), (name, row, result.stdout[-2000:])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="benchmarks/gpu_check.sh runs them on a GPU")
+@pytest.mark.parametrize("name", sorted(GPU_BENCHMARKS))
+def test_gpu_script_stops_at_its_cuda_check_without_a_gpu(name, tmp_path):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # python3 is this environment's, with torch
+    result = subprocess.run(
+        ["bash", f"benchmarks/{name}", *GPU_BENCHMARKS[name](tmp_path)], cwd=BENCHMARKS.parent, capture_output=True,
+        text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0 and "no CUDA device visible to torch" in result.stderr, (name, result)
 
 
 def test_report_without_splat_transform_says_how_to_get_it_and_keeps_the_rest(finished_run, monkeypatch):
