@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from distilled_splat.method_configs import distilled_splatfacto, splat_trainer_config
+from distilled_splat.method_configs import splat_trainer_config
 from distilled_splat.models.mcmc_splatfacto import MCMCSplatfactoModelConfig
-from distilled_splat.ops.relocation import binomials, relocate_dead, relocation
+from distilled_splat.ops.relocation import binomials, relocation
 from tests.helpers import build_pipeline, train_steps
 
 
@@ -69,53 +69,3 @@ def test_capped_splatfacto_never_exceeds_its_cap(tiny_scene):
             counts.append(model.num_points)
         assert max(counts) == cap and counts[-1] == cap, (cap, counts[::20])
         assert counts[0] == min(cap, 400)
-
-
-def held_student(tiny_scene, teacher_runs, cache, **model):
-    """The default student cut once to 30 Gaussians at step 0, relocating every 5 steps, on 100 steps."""
-    datamanager = {"teachers": tuple(teacher_runs[:1]), "teacher_cache_dir": cache}
-    settings = {"budget_cuts": 1, "cut_method": "drop", "target_gaussians": 30, "relocate_every": 5, **model}
-    return build_pipeline(distilled_splatfacto.config, tiny_scene, steps=100, datamanager=datamanager, **settings)
-
-
-def kill(model, indices) -> None:
-    with torch.no_grad():
-        model.gauss_params["opacities"][indices] = torch.logit(torch.tensor(0.001))
-
-
-def test_relocation_moves_dead_gaussians_onto_live_ones_without_changing_the_render(tiny_scene, teacher_runs, tmp_path):
-    _, pipeline, optimizers = held_student(tiny_scene, teacher_runs, tmp_path / "cache")
-    model = pipeline.model
-    train_steps(pipeline, optimizers, range(0, 3))
-    dead = torch.arange(0, 30, 3)
-    kill(model, dead)
-    camera = pipeline.datamanager.train_dataset.cameras[0:1]
-    model.eval()
-    before = model.get_outputs(camera)["rgb"]
-    assert relocate_dead(model.gauss_params, optimizers.optimizers, model.strategy_state, 0.005) == len(dead)
-    after = model.get_outputs(camera)["rgb"]
-    opacities = torch.sigmoid(model.opacities.flatten())
-    assert model.num_points == 30 and bool((opacities > 0.005).all())
-    moved_onto = [
-        i for i in range(30) if i not in dead and any(torch.equal(model.means[i], model.means[j]) for j in dead)
-    ]
-    assert moved_onto, "each dead Gaussian now sits on a live one"
-    assert (after - before).abs().mean() < 2e-3, float((after - before).abs().mean())
-
-
-def test_the_student_relocates_only_once_at_its_budget(tiny_scene, teacher_runs, tmp_path):
-    """Cut once at step 0: the Gaussians killed after step 2 are moved at step 5. Cut in 8 steps up to step 50:
-    the ones killed at step 7 are still dead after step 10, since relocation waits for the last cut."""
-    _, pipeline, optimizers = held_student(tiny_scene, teacher_runs, tmp_path / "cache")
-    model = pipeline.model
-    train_steps(pipeline, optimizers, range(0, 3))
-    kill(model, torch.arange(0, 30, 3))
-    train_steps(pipeline, optimizers, range(3, 6))
-    assert model.num_points == 30 and bool((torch.sigmoid(model.opacities) > 0.005).all())
-
-    _, pipeline, optimizers = held_student(tiny_scene, teacher_runs, tmp_path / "cache", budget_cuts=8)
-    model = pipeline.model
-    train_steps(pipeline, optimizers, range(0, 8))
-    kill(model, torch.arange(0, 30, 3))
-    train_steps(pipeline, optimizers, range(8, 11))
-    assert int((torch.sigmoid(model.opacities) <= 0.005).sum()) >= 10

@@ -115,12 +115,6 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     'merge' merges pairs of Gaussians down to it (splat-transform's decimation, NanoGS; needs splat-transform and
     SH degree >= 1), restarting the optimiser's moments; 'auto' (distilled-splatfacto) merges where
     splat-transform is installed and drops otherwise, and says which at the first cut."""
-    relocate_every: Optional[int] = None
-    """Every this many steps once the budget is reached (the last cut, or prune-at) up to relocate-stop, move the
-    Gaussians whose opacity fell to 0.005 or below onto live ones drawn by opacity (3DGS-MCMC's relocation at a
-    fixed count). None: dead Gaussians stay where they died."""
-    relocate_stop: int = 25000
-    """With relocate-every: no relocation from this step on (3DGS-MCMC stops refining at 25000 of 30000)."""
     start_checkpoint: Optional[Path] = None
     """With init teacher: start from this splatfacto checkpoint's Gaussians instead of the vanilla teacher's (a
     decimated copy of it, say); the budget is still a fraction of the vanilla teacher's count."""
@@ -145,8 +139,6 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
             problems.append("budget-cuts >= 1 and cuts-stop >= budget-cuts - 1 (one step per cut)")
         if self.cut_method == "merge" and self.sh_degree < 1:
             problems.append("sh-degree >= 1 with cut-method merge (merging reads colour as SH coefficients)")
-        if self.relocate_every is not None and self.relocate_every < 1:
-            problems.append(f"relocate-every >= 1 or None (got {self.relocate_every})")
         if self.first_cut_keep is not None and not (0 < self.first_cut_keep <= 1 and (self.budget_cuts or 0) > 1):
             problems.append(f"first-cut-keep in (0, 1] with budget-cuts > 1 (got {self.first_cut_keep})")
         if problems:
@@ -154,7 +146,6 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
 
     def step_schedule_fields(self) -> Tuple[str, ...]:
         fields = ("structure_start", "structure_stop", "structure_every", "sample_at", "prune_at", "cuts_stop")
-        fields = (*fields, "relocate_stop")
         return (*super().step_schedule_fields(), *fields)
 
     def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
@@ -204,8 +195,7 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         self.strategy = CompactionStrategy(
             **fields, max_count=config.max_gaussians, sample_at=config.sample_at,
             sample_fraction=config.sample_fraction, prune_at=config.prune_at, keep_mass=config.keep_mass,
-            budget=self.budget(), relocate_every=config.relocate_every, relocate_start=self.budget_reached_at(),
-            relocate_stop=config.relocate_stop,
+            budget=self.budget(),
         )  # fmt: skip
         if config.init == "teacher" and "teacher_checkpoint" in metadata:
             self.start_from(load_gaussians(config.start_checkpoint or metadata["teacher_checkpoint"]))
@@ -226,12 +216,6 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
                     f"Gaussian, this model's {tuple(param.shape[1:])} (--pipeline.model.sh-degree can be at most the teacher's)"
                 )
             self.gauss_params[name] = nn.Parameter(value.to(param))
-
-    def budget_reached_at(self) -> int:
-        """The step from which the model is held at its budget (its last cut, or its second prune)."""
-        if self.config.init == "teacher":
-            return self.config.cut_steps()[-1] if self.config.relocate_every is not None else 0
-        return self.config.prune_at or 0
 
     def budget(self) -> Optional[int]:
         """Most Gaussians allowed after the second prune, or None for no budget."""

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from functools import lru_cache
-from typing import Any, Dict, Iterator, Tuple
+from typing import Iterator, Tuple
 
 import gsplat.strategy.ops as gsplat_ops
 import torch
@@ -21,7 +20,6 @@ MAX_COPIES = 51
 """gsplat's n_max: a Gaussian sampled more often still splits into at most this many copies."""
 
 
-@lru_cache(maxsize=1)
 def binomials(n_max: int = MAX_COPIES) -> Tensor:
     """[n_max, n_max] table of C(n, k) (zero for k > n), as gsplat's MCMCStrategy keeps in its state."""
     return torch.tensor([[math.comb(n, k) for k in range(n_max)] for n in range(n_max)], dtype=torch.float32)
@@ -80,19 +78,3 @@ def portable_mcmc_ops() -> Iterator[None]:
     finally:
         gsplat_ops.compute_relocation = _GSPLAT["compute_relocation"]
         gsplat_ops.quat_scale_to_covar_preci = _GSPLAT["quat_scale_to_covar_preci"]
-
-
-@torch.no_grad()
-def relocate_dead(
-    params, optimizers: Dict[str, torch.optim.Optimizer], state: Dict[str, Any], min_opacity: float
-) -> int:
-    """Move every Gaussian whose opacity is at most ``min_opacity`` onto a live one drawn by opacity, splitting
-    that one's opacity and scale so the copies render like it (gsplat's ``relocate``, on any device); the moments
-    and strategy statistics of the Gaussians involved restart. Returns how many moved."""
-    dead = torch.sigmoid(params["opacities"].flatten()) <= min_opacity
-    moved = int(dead.sum())
-    if moved == 0 or moved == len(dead):
-        return 0
-    with portable_mcmc_ops():
-        gsplat_ops.relocate(params, optimizers, state, dead, binomials().to(dead.device), min_opacity)
-    return moved

@@ -20,7 +20,6 @@ from distilled_splat.ops.prune import (
     replace_gaussians,
     top_k_mask,
 )
-from distilled_splat.ops.relocation import relocate_dead
 from distilled_splat.strategy.capped import CappedDefaultStrategy, set_ceiling
 
 Importance = Callable[[], Tensor]
@@ -40,9 +39,7 @@ class CompactionStrategy(CappedDefaultStrategy):
       ``budget`` of them; from then on the budget is the ceiling (kept in the state, so checkpoints carry it).
 
     :meth:`cut_towards_budget` brings models that start from more Gaussians than the budget allows down to it, at
-    once or in several cuts of equal ratio. With ``relocate_every``, every that many steps from ``relocate_start``
-    up to ``relocate_stop``, the Gaussians whose opacity fell to ``relocate_opacity`` or below are moved onto live
-    ones (3DGS-MCMC's relocation), so that a model held at its budget keeps using all of it.
+    once or in several cuts of equal ratio.
     ``step_post_backward`` takes the importance as a callable, since computing it renders every training view.
     """
 
@@ -51,10 +48,6 @@ class CompactionStrategy(CappedDefaultStrategy):
     prune_at: Optional[int] = None
     keep_mass: float = 0.99
     budget: Optional[int] = None
-    relocate_every: Optional[int] = None
-    relocate_start: int = 0
-    relocate_stop: int = 0
-    relocate_opacity: float = 0.005
 
     def step_post_backward(
         self,
@@ -67,9 +60,6 @@ class CompactionStrategy(CappedDefaultStrategy):
         importance: Optional[Importance] = None,
     ) -> None:
         super().step_post_backward(params, optimizers, state, step, info, packed)
-        every = self.relocate_every
-        if every is not None and self.relocate_start <= step < self.relocate_stop and step % every == 0:
-            relocate_dead(params, optimizers, state, self.relocate_opacity)
         if step not in (self.sample_at, self.prune_at):
             return
         if importance is None:
