@@ -366,6 +366,12 @@ MUTANTS = {
         "    config = read_config(config_path)",
         "tests/test_compact.py::test_nerfstudio_splatfacto_runs_teach_through_ns_train_on_cpu",
     ),
+    "a killed run's cache staging left behind": (
+        "distilled_splat/data/teacher_cache.py",
+        "            shutil.rmtree(stale, ignore_errors=True)",
+        "            pass",
+        "tests/test_recipe.py::test_a_run_killed_at_each_moment_completes_when_run_again",
+    ),
 }
 
 
