@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import pytest
-import torch
 from filelock import FileLock
 
 from distilled_splat.data.synthetic import PRESETS, write_scene
@@ -19,6 +18,9 @@ BIN = Path(sys.executable).parent
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     # pytest-xdist workers share the cores: each worker, and every command it starts, gets its share of threads.
     # More threads than cores make each process's waiting OpenMP threads take the others' time.
+    # torch is imported here, after the package, which sets libgomp's spin count before torch loads it.
+    import torch
+
     THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
     torch.set_num_threads(THREADS)

@@ -399,7 +399,7 @@ GPU_BENCHMARKS = {
     "gpu_check.sh": lambda folder: [],
     "gpu_frontier.sh": lambda folder: ["", str(folder / "gpu"), "60", "1"],
 }
-"""The GPU scripts, each with its arguments, and the helper they source."""
+"""The GPU scripts, each with its arguments (gpu_env.sh, which they source, has no run of its own)."""
 
 
 def test_every_benchmark_script_has_a_toy_run():
