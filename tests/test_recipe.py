@@ -433,6 +433,16 @@ def test_gpu_script_stops_at_its_cuda_check_without_a_gpu(name, tmp_path):
     assert result.returncode != 0 and "no CUDA device visible to torch" in result.stderr, (name, result)
 
 
+def test_every_wheel_the_gpu_machine_needs_is_pinned():
+    """gpu_wheels.txt names what the GPU machine lacks; constraints.txt must give each one's version, or the
+    download there would fetch whatever is newest."""
+    canonical = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    pinned = {canonical(line.split("==")[0]) for line in (BENCHMARKS.parent / "constraints.txt").read_text().split()}
+    wanted = [line for line in (BENCHMARKS / "gpu_wheels.txt").read_text().splitlines() if line and line[0] != "#"]
+    assert "nerfstudio" in wanted and "gsplat" in wanted
+    assert [name for name in wanted if canonical(name) not in pinned] == []
+
+
 def test_report_without_splat_transform_says_how_to_get_it_and_keeps_the_rest(finished_run, monkeypatch):
     from distilled_splat.exports import splat_transform
     from distilled_splat.report import write_report
