@@ -4,8 +4,8 @@
 # WHEEL_DIR (first argument of the calling script): optional folder of wheels for machines without network
 # (benchmarks/gpu_wheels.txt lists them and says how to download them for that machine's Python). They are
 # installed with --no-deps into a separate folder, together with this package, and benchmarks/gpu_standins/ (see
-# its README) stands in for the three imports that cannot travel. The machine's own CUDA torch is kept. Sourcing it again in the same shell
-# (or below one that did) does nothing.
+# its README) stands in for the three imports that cannot travel. The machine's own CUDA torch is kept. Sourcing
+# it again in the same shell (or below one that did) does nothing.
 if [ -n "${GPU_ENV_READY:-}" ]; then return 0; fi
 python3 - <<'PY' || return 1  # sourced: stop the calling script here, whatever its shell options
 import sys, torch
