@@ -1,11 +1,12 @@
 """How large the structural loss's gradient on a trained student's positions is, against the photometric one, and
 what its steps do to Adam's position step (the reason the default student weights it 0.03, not the paper's 1.0).
 
-.venv/bin/python benchmarks/bench_structure_gradient.py RUN_DIR TEACHER_CHECKPOINT [--weights 1 0.1 0.03]
+.venv/bin/python benchmarks/bench_structure_gradient.py [--output outputs/demo] [--weights 1 0.1 0.03]
+.venv/bin/python benchmarks/bench_structure_gradient.py --student-config CONFIG.yml --teacher-checkpoint CKPT
 
-RUN_DIR: a trained student's run folder (with config.yml), best one trained without the structural loss, so that
-its positions are those the photometric loss alone leaves. TEACHER_CHECKPOINT: its vanilla teacher's .ckpt.
-Prints the gradients' sizes, then, for each weight, the median position step at steps 800 and 999 of a 1000-step
+By default the student and vanilla teacher of a finished ``distilled-splat run`` / ``demo`` folder; or any trained
+student's config.yml (a frontier model's, say: best one trained without the structural loss, so that its positions
+are those the photometric loss alone leaves) and its vanilla teacher's checkpoint. Prints the gradients' sizes, then, for each weight, the median position step at steps 800 and 999 of a 1000-step
 run (structural steps at 700..966, as scaled from 21000..29000) relative to the step without the loss: Adam's
 second moment run through the measured mean squares (beta2 0.999).
 """
@@ -20,21 +21,21 @@ import torch
 from nerfstudio.utils.eval_utils import eval_setup
 
 from distilled_splat.losses import StructureLoss
+from distilled_splat.recipe import Recipe
+from distilled_splat.run_configs import STUDENT
 from distilled_splat.teachers import load_gaussians
-
-VIEWS = 8
-"""Training views whose photometric gradients are averaged."""
+from distilled_splat.training import last_step_checkpoint
 
 
-def gradients(run_dir: Path, teacher_checkpoint: Path) -> Dict[str, torch.Tensor]:
-    """Per-element mean square of the photometric gradient on the positions over VIEWS training views, and the
+def gradients(student_config: Path, teacher_checkpoint: Path, views: int) -> Dict[str, torch.Tensor]:
+    """Per-element mean square of the photometric gradient on the positions over ``views`` training views, and the
     structural loss's gradient at weight 1."""
-    _, pipeline, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
+    _, pipeline, _, _ = eval_setup(student_config, test_mode="test")
     model = pipeline.model
     model.eval()  # the training-mode render steps the densification strategy; the loss is the same
     dataset = pipeline.datamanager.train_dataset
     squares = []
-    for index in range(0, len(dataset), max(1, len(dataset) // VIEWS)):
+    for index in range(0, len(dataset), max(1, len(dataset) // views)):
         model.zero_grad(set_to_none=True)
         outputs = model.get_outputs(dataset.cameras[index : index + 1].to(model.device))
         image = dataset[index]["image"]
@@ -62,11 +63,21 @@ def step_ratio(photo_square: torch.Tensor, structure_square: torch.Tensor, at: S
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("teacher_checkpoint", type=Path)
+    parser.add_argument("--output", type=Path, default=Path("outputs/demo"), help="a finished run or demo folder")
+    parser.add_argument("--student-config", type=Path, help="a trained student's config.yml instead of the run's")
+    parser.add_argument("--teacher-checkpoint", type=Path, help="its vanilla teacher's checkpoint")
+    parser.add_argument("--views", type=int, default=8, help="training views whose photometric gradients count")
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 0.1, 0.03])
     args = parser.parse_args()
-    measured = gradients(args.run_dir, args.teacher_checkpoint)
+    if (args.student_config is None) != (args.teacher_checkpoint is None):
+        parser.error("--student-config and --teacher-checkpoint go together")
+    if args.student_config is None:
+        configs = Recipe.load(args.output).configs
+        student_config = configs.method_config(STUDENT).get_base_dir() / "config.yml"
+        teacher_checkpoint = last_step_checkpoint(configs.method_config("vanilla"))
+    else:
+        student_config, teacher_checkpoint = args.student_config, args.teacher_checkpoint
+    measured = gradients(student_config, teacher_checkpoint, args.views)
     photo, structure = measured["photo_square"], measured["structure"]
     ratio = structure.pow(2) / photo.clamp_min(1e-30)
     print(f"photometric gradient RMS {float(photo.mean().sqrt()):.3g}, structural (weight 1) RMS "
