@@ -71,7 +71,7 @@ PSEUDO = (64, 0.2, "add", ("interpolated",))
 # LightGaussian's single cut, ...); where it starts, whom it learns from and how long it trains are checked against
 # its declaration in CONTENDERS by the rules of the test below, not restated here.
 MADE_OF = {
-    "student": (CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0),
+    "student": (CUTS_8, "auto", "blend-weight", None, 0.0, 0.03, PSEUDO, None, 3, 0),
     "student-paper": ((0,), "drop", "blend-weight", None, 0.4, 1.0, NO_PSEUDO, None, 3, 20),
     "pup-pruned": ((0, 20), "drop", "pup-fisher", 0.2, 0.0, 0.0, NO_PSEUDO, None, 3, 0),
     "pruned-finetuned": ((0,), "drop", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0),
@@ -79,9 +79,9 @@ MADE_OF = {
     "decimated": (None, None, None, None, None, None, None, None, 3, 20),
     "decimated-finetuned": ((0,), "drop", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0),
     "student-no-distill": (CUTS_8, "auto", "blend-weight", None, 0.0, 0.0, NO_PSEUDO, None, 3, 0),
-    "student-one-cut": ((0,), "auto", "blend-weight", None, 0.0, 1.0, PSEUDO, None, 3, 0),
+    "student-one-cut": ((0,), "auto", "blend-weight", None, 0.0, 0.03, PSEUDO, None, 3, 0),
     "student-no-structure": (CUTS_8, "auto", "blend-weight", None, 0.0, 0.0, PSEUDO, None, 3, 0),
-    "student-no-pseudo": (CUTS_8, "auto", "blend-weight", None, 0.0, 1.0, NO_PSEUDO, None, 3, 0),
+    "student-no-pseudo": (CUTS_8, "auto", "blend-weight", None, 0.0, 0.03, NO_PSEUDO, None, 3, 0),
     "paper-no-distill": ((0,), "drop", "blend-weight", None, 0.0, 1.0, NO_PSEUDO, None, 3, 20),
     "paper-no-structure": ((0,), "drop", "blend-weight", None, 0.4, 0.0, NO_PSEUDO, None, 3, 20),
     "paper-vanilla-teacher": ((0,), "drop", "blend-weight", None, 0.4, 1.0, NO_PSEUDO, None, 3, 20),
@@ -210,6 +210,31 @@ def walk_the_cuts(frontier: Frontier, check_cut, **model_settings) -> None:
     assert max(ratios) - min(ratios) < 0.1, ratios
     train_steps(pipeline, optimizers, range(previous + 1, previous + 4))
     assert model.num_points == budget and torch.isfinite(model.means).all()
+
+
+def test_mcmc_fine_tune_relocates_the_dead_at_the_budget_from_the_last_cut_on(frontier):
+    budget = frontier.plan.budget_count(0.25)
+    _, pipeline, optimizers = pipeline_of(frontier, "student", fine_tune="mcmc", refine_every=5)
+    model = pipeline.model
+    last_cut = model.config.cut_steps()[-1]
+    train_steps(pipeline, optimizers, range(0, last_cut))
+    _, losses, _ = pipeline.get_train_loss_dict(last_cut - 1)
+    assert "opacity_reg" not in losses, "before the last cut it trains as the default student"
+    train_steps(pipeline, optimizers, range(last_cut, last_cut + 1))
+    assert model.num_points == budget
+    _, losses, _ = pipeline.get_train_loss_dict(last_cut)
+    assert {"opacity_reg", "scale_reg_mcmc"} <= set(losses)
+    # Kill a few Gaussians just before a relocation step: they come back on live ones, the count stays.
+    relocation = next(step for step in range(last_cut + 1, 40) if step % 5 == 0)
+    train_steps(pipeline, optimizers, range(last_cut + 1, relocation))
+    with torch.no_grad():
+        model.gauss_params["opacities"][:3] = -10.0
+    train_steps(pipeline, optimizers, range(relocation, relocation + 1))
+    alive = torch.sigmoid(model.opacities.squeeze(-1)) > 0.005
+    assert model.num_points == budget and bool(alive.all()), "the dead were relocated onto live Gaussians"
+    for name, optimizer in optimizers.optimizers.items():
+        if name in model.gauss_params:
+            assert optimizer.param_groups[0]["params"][0] is model.gauss_params[name]
 
 
 def test_gradual_cuts_reach_the_budget_in_equal_ratios_keeping_the_most_important(frontier):

@@ -27,10 +27,12 @@ from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exports import splat_transform
 from distilled_splat.importance import ImportanceMode, scene_importance
 from distilled_splat.losses import StructureLoss, StructureMode, photometric_loss
+from distilled_splat.models.mcmc_splatfacto import mcmc_regularisers
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 from distilled_splat.notices import say_once
 from distilled_splat.schedules import in_window
 from distilled_splat.strategy.compaction import CompactionStrategy
+from distilled_splat.strategy.mcmc import PortableMCMCStrategy
 from distilled_splat.teachers import load_gaussians
 
 GRADUAL_CUTS = 8
@@ -116,6 +118,13 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     'merge' merges pairs of Gaussians down to it (splat-transform's decimation, NanoGS; needs splat-transform and
     SH degree >= 1), restarting the optimiser's moments; 'auto' (distilled-splatfacto) merges where
     splat-transform is installed and drops otherwise, and says which at the first cut."""
+    fine_tune: Literal["default", "mcmc"] = "default"
+    """With init teacher, how the student trains at its budget from its last cut on: 'default' as splatfacto does
+    (its densification held under the budget); 'mcmc' as 3DGS-MCMC does at a fixed count: every refine-every steps
+    up to fine-tune-refine-stop the Gaussians at opacity 0.005 or below move onto live ones, opacity-gated noise on
+    the positions every step, L1 regularisers of 0.01 on opacity and scale (capped-mcmc's settings)."""
+    fine_tune_refine_stop: int = 25000
+    """With fine-tune mcmc: the last step that relocates."""
     start_checkpoint: Optional[Path] = None
     """With init teacher: start from this splatfacto checkpoint's Gaussians instead of the vanilla teacher's (a
     decimated copy of it, say); the budget is still a fraction of the vanilla teacher's count."""
@@ -147,6 +156,7 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
 
     def step_schedule_fields(self) -> Tuple[str, ...]:
         fields = ("structure_start", "structure_stop", "structure_every", "sample_at", "prune_at", "cuts_stop")
+        fields = (*fields, "fine_tune_refine_stop")
         return (*super().step_schedule_fields(), *fields)
 
     def scheduled_events(self) -> Dict[str, Tuple[int, str]]:
@@ -198,6 +208,13 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             sample_fraction=config.sample_fraction, prune_at=config.prune_at, keep_mass=config.keep_mass,
             budget=self.budget(),
         )  # fmt: skip
+        self.fine_tune_strategy: Optional[PortableMCMCStrategy] = None
+        if config.init == "teacher" and config.fine_tune == "mcmc":
+            self.fine_tune_strategy = PortableMCMCStrategy(
+                cap_max=self.budget() or config.max_gaussians, refine_start_iter=config.cut_steps()[-1],
+                refine_stop_iter=config.fine_tune_refine_stop, refine_every=config.refine_every,
+            )  # fmt: skip
+            self.fine_tune_state = self.fine_tune_strategy.initialize_state()
         if config.init == "teacher" and "teacher_checkpoint" in metadata:
             self.start_from(load_gaussians(config.start_checkpoint or metadata["teacher_checkpoint"]))
 
@@ -272,6 +289,8 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             distill, _, _ = photometric_loss(rendered, teacher, self.ssim, self.config.ssim_lambda)
             loss_dict["distill_loss"] = weight * distill
         config = self.config
+        if self.training and self.fine_tuning_mcmc(self.step):
+            loss_dict.update(mcmc_regularisers(self, opacity_weight=0.01, scale_weight=0.01))
         if self.training and in_window(
             self.step, config.structure_start, config.structure_stop, config.structure_every
         ):
@@ -301,7 +320,16 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             metrics["teacher_l1"] = torch.abs(outputs["rgb"].detach() - teacher).mean()
         return metrics
 
+    def fine_tuning_mcmc(self, step: int) -> bool:
+        """Whether ``step`` trains as 3DGS-MCMC (fine-tune mcmc, from the last cut on)."""
+        return self.fine_tune_strategy is not None and step >= self.config.cut_steps()[-1]
+
     def strategy_post_backward(self, step: int) -> None:
+        if self.fine_tuning_mcmc(step):
+            lr = self.optimizers["means"].param_groups[0]["lr"]
+            strategy, state = self.fine_tune_strategy, self.fine_tune_state
+            strategy.step_post_backward(self.gauss_params, self.optimizers, state, step, self.info, lr)
+            return
         self.strategy.step_post_backward(
             self.gauss_params, self.optimizers, self.strategy_state, step, self.info, importance=self.importance
         )

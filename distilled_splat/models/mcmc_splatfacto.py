@@ -74,6 +74,13 @@ class MCMCSplatfactoModel(PortableSplatfactoModel):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         if self.training:
-            loss_dict["opacity_reg"] = self.config.opacity_reg * torch.sigmoid(self.opacities).mean()
-            loss_dict["scale_reg_mcmc"] = self.config.scale_reg * torch.exp(self.scales).mean()
+            loss_dict.update(mcmc_regularisers(self, self.config.opacity_reg, self.config.scale_reg))
         return loss_dict
+
+
+def mcmc_regularisers(model: PortableSplatfactoModel, opacity_weight: float, scale_weight: float) -> Dict[str, Tensor]:
+    """3DGS-MCMC's L1 regularisers on opacities and scales, which let unneeded Gaussians fade and be relocated."""
+    return {
+        "opacity_reg": opacity_weight * torch.sigmoid(model.opacities).mean(),
+        "scale_reg_mcmc": scale_weight * torch.exp(model.scales).mean(),
+    }
