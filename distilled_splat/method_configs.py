@@ -189,7 +189,7 @@ STUDENT_STRUCTURE_WEIGHT = 0.03
 times the photometric one (median over the demo student's Gaussians), so its nine steps filled Adam's second
 moments: the median position step fell to 0.3-0.4 of its size for the rest of a 1000-step run, and the student
 lost 0.28 dB on the demo there, beyond the seed spread. At 0.03 the two gradients are of one size; the loss
-neither gains nor loses measurably (docs/experiments.md, "Structural loss at 0.03")."""
+neither gains nor loses measurably (docs/experiments.md, "Stop 46: the structural loss at 0.03")."""
 
 PSEUDO_VIEWS = 64
 """Cameras without a photo at which the default student learns the teachers' aggregate (see README's frontier)."""
@@ -209,8 +209,8 @@ def gradual_student() -> TrainerConfig:
     """The default student (Distilled-3DGS's design card): started from the vanilla teacher and cut to the budget
     in steps (merging Gaussians where splat-transform is installed), fine-tuned on the real images at the training
     views and, once at its budget, also on the teachers' cached aggregate at pseudo views (cameras no photo
-    covers), with the structural loss towards the vanilla teacher's layout (at STUDENT_STRUCTURE_WEIGHT). At training views the photo itself is
-    the target (the aggregate only approximates it): distill-weight 0 there."""
+    covers), with the structural loss towards the vanilla teacher's layout (at STUDENT_STRUCTURE_WEIGHT). At
+    training views the photo itself is the target (the aggregate only approximates it): distill-weight 0 there."""
     config = from_teacher(student_trainer_config("distilled-splatfacto"))
     config.pipeline.model.cut_method = "auto"
     config.pipeline.model.distill_weight = 0.0

@@ -27,7 +27,7 @@ from distilled_splat.errors import DistilledSplatError
 from distilled_splat.exports import splat_transform
 from distilled_splat.importance import ImportanceMode, scene_importance
 from distilled_splat.losses import StructureLoss, StructureMode, photometric_loss
-from distilled_splat.models.mcmc_splatfacto import mcmc_regularisers
+from distilled_splat.models.mcmc_splatfacto import REGULARISER_WEIGHT, mcmc_regularisers
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 from distilled_splat.notices import say_once
 from distilled_splat.schedules import in_window
@@ -48,8 +48,8 @@ was measured."""
 class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     """Distilled-3DGS student. The defaults are the paper's student (distilled-splatfacto-paper); the default
     method distilled-splatfacto changes init, budget-cuts, cuts-stop, sample-at, prune-at, stop-split-at,
-    sh-degree-interval, distill-weight and structure-weight (see each, and `ns-train distilled-splatfacto --help` for its values).
-    Step counts are for a 30000-step run and scale with --max-num-iterations."""
+    sh-degree-interval, distill-weight and structure-weight (see each, and `ns-train distilled-splatfacto --help`
+    for its values). Step counts are for a 30000-step run and scale with --max-num-iterations."""
 
     _target: Type = field(default_factory=lambda: DistilledSplatfactoModel)
     distill_weight: float = 0.4
@@ -290,7 +290,7 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             loss_dict["distill_loss"] = weight * distill
         config = self.config
         if self.training and self.fine_tuning_mcmc(self.step):
-            loss_dict.update(mcmc_regularisers(self, opacity_weight=0.01, scale_weight=0.01))
+            loss_dict.update(mcmc_regularisers(self, REGULARISER_WEIGHT, REGULARISER_WEIGHT))
         if self.training and in_window(
             self.step, config.structure_start, config.structure_stop, config.structure_every
         ):

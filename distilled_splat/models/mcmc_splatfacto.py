@@ -16,6 +16,9 @@ from torch import Tensor
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 from distilled_splat.strategy.mcmc import PortableMCMCStrategy
 
+REGULARISER_WEIGHT = 0.01
+"""3DGS-MCMC's weight of the L1 regulariser on opacities and of the one on scales (gsplat's simple_trainer)."""
+
 
 @dataclass
 class MCMCSplatfactoModelConfig(PortableSplatfactoModelConfig):
@@ -34,9 +37,9 @@ class MCMCSplatfactoModelConfig(PortableSplatfactoModelConfig):
     grow_fraction: Optional[float] = None
     """Share of the count each refinement adds (gsplat: 0.05). None: 0.05, or more where a short run would not
     reach cap-max within the first half of its refinements."""
-    opacity_reg: float = 0.01
+    opacity_reg: float = REGULARISER_WEIGHT
     """Weight of the L1 regulariser on opacities."""
-    scale_reg: float = 0.01
+    scale_reg: float = REGULARISER_WEIGHT
     """Weight of the L1 regulariser on scales."""
 
     def step_schedule_fields(self) -> Tuple[str, ...]:
