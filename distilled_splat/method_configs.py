@@ -209,10 +209,12 @@ def gradual_student() -> TrainerConfig:
     """The default student (Distilled-3DGS's design card): started from the vanilla teacher and cut to the budget
     in steps (merging Gaussians where splat-transform is installed), fine-tuned on the real images at the training
     views and, once at its budget, also on the teachers' cached aggregate at pseudo views (cameras no photo
-    covers), with the structural loss towards the vanilla teacher's layout (at STUDENT_STRUCTURE_WEIGHT). At
+    covers) and as 3DGS-MCMC trains at a fixed count (relocation, its regularisers scaled by the run's length),
+    with the structural loss towards the vanilla teacher's layout (at STUDENT_STRUCTURE_WEIGHT). At
     training views the photo itself is the target (the aggregate only approximates it): distill-weight 0 there."""
     config = from_teacher(student_trainer_config("distilled-splatfacto"))
     config.pipeline.model.cut_method = "auto"
+    config.pipeline.model.fine_tune = "mcmc"
     config.pipeline.model.distill_weight = 0.0
     config.pipeline.model.structure_weight = STUDENT_STRUCTURE_WEIGHT
     datamanager = config.pipeline.datamanager
@@ -224,7 +226,8 @@ def gradual_student() -> TrainerConfig:
 distilled_splatfacto = MethodSpecification(
     config=gradual_student(),
     description="Distilled-3DGS student: the vanilla teacher cut to a budget in steps, fine-tuned on the real images "
-    "and on the teachers' cached renders at pseudo views, with the structural loss.",
+    "and on the teachers' cached renders at pseudo views, with the structural loss, relocating its faded Gaussians "
+    "at the budget as 3DGS-MCMC does.",
 )
 
 distilled_splatfacto_paper = MethodSpecification(

@@ -71,8 +71,9 @@ class RecipeSettings:
     """Random seed of every model."""
     recipe: StudentRecipe = "gradual"
     """How the student is made. 'gradual' (ns-train distilled-splatfacto): the trained vanilla teacher cut to the
-    budget (in 8 cuts over the first half of a run under 2000 steps, in one merge at step 0 from 2000 on), fine-tuned on the real images and on the teachers' cached
-    renders at pseudo views, with the structural loss. 'paper' (ns-train distilled-splatfacto-paper):
+    budget (in 8 cuts over the first half of a run under 2000 steps, in one merge at step 0 from 2000 on),
+    fine-tuned on the real images and on the teachers' cached renders at pseudo views, with the structural loss,
+    relocating faded Gaussians at the budget as 3DGS-MCMC does. 'paper' (ns-train distilled-splatfacto-paper):
     Distilled-3DGS as published, from the point cloud with distillation, the structural loss and importance
     pruning."""
 

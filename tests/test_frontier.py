@@ -223,7 +223,13 @@ def test_mcmc_fine_tune_relocates_the_dead_at_the_budget_from_the_last_cut_on(fr
     train_steps(pipeline, optimizers, range(last_cut, last_cut + 1))
     assert model.num_points == budget
     _, losses, _ = pipeline.get_train_loss_dict(last_cut)
-    assert {"opacity_reg", "scale_reg_mcmc"} <= set(losses)
+    regulariser = model.config.fine_tune_regulariser
+    assert regulariser == pytest.approx(0.01 * STEPS / 30_000), "3DGS-MCMC's 0.01 scaled by the run's length"
+    opacity_mean = torch.sigmoid(model.opacities).mean()
+    assert float(losses["opacity_reg"]) == pytest.approx(float(regulariser * opacity_mean), rel=1e-5)
+    assert float(losses["scale_reg_mcmc"]) == pytest.approx(
+        float(regulariser * torch.exp(model.scales).mean()), rel=1e-5
+    )
     # Kill a few Gaussians just before a relocation step: they come back on live ones, the count stays.
     relocation = next(step for step in range(last_cut + 1, 40) if step % 5 == 0)
     train_steps(pipeline, optimizers, range(last_cut + 1, relocation))

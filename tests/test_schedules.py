@@ -6,9 +6,11 @@ import copy
 
 import pytest
 
+from distilled_splat.frontier.contenders import CONTENDERS, Setup
 from distilled_splat.method_configs import distilled_splatfacto, distilled_splatfacto_paper, distilled_teacher
 from distilled_splat.models.distilled_splatfacto import MERGE_ONCE_FROM_STEPS
 from distilled_splat.schedules import scale_to_run_length
+from distilled_splat.teachers import read_config
 
 
 def refinement_steps(model, max_steps: int, num_train_views: int):
@@ -68,6 +70,27 @@ def test_the_default_student_cuts_by_the_run_length_and_never_densifies(steps, c
     assert config.optimizers["means"]["scheduler"] is None
 
 
+@pytest.mark.parametrize("steps", [1000, 4000, 10_000, 30_000, 60_000])
+def test_the_default_student_fine_tunes_as_mcmc_with_regularisers_scaled_by_the_run_length(steps):
+    """3DGS-MCMC's regularisers at 0.01 x steps / 30000 (at most 0.01) for the student and its ablations; the
+    alternatives that stand for published methods (LightGaussian, PUP-3DGS, a decimated model fine-tuned) keep
+    splatfacto's fine-tune."""
+    assert distilled_splatfacto.config.pipeline.model.fine_tune_regulariser is None
+    config = scale_to_run_length(distilled_splatfacto.config, steps)
+    expected = 0.01 * min(steps, 30_000) / 30_000
+    assert config.pipeline.model.fine_tune == "mcmc"
+    assert config.pipeline.model.fine_tune_regulariser == pytest.approx(expected, rel=1e-12)
+    setup = Setup(budget_count=10, decimated_checkpoint=lambda: "decimated.ckpt")
+    for name, kept in [("student-no-distill", "mcmc"), ("student-one-cut", "mcmc"), ("pup-pruned", "default"),
+                       ("pruned-finetuned", "default"), ("decimated-finetuned", "default")]:  # fmt: skip
+        contender = copy.deepcopy(config)
+        CONTENDERS[name].settings(contender, setup)
+        assert contender.pipeline.model.fine_tune == kept, name
+    chosen = copy.deepcopy(distilled_splatfacto.config)
+    chosen.pipeline.model.fine_tune_regulariser = 0.02
+    assert scale_to_run_length(chosen, 1000).pipeline.model.fine_tune_regulariser == 0.02
+
+
 def test_a_chosen_number_of_cuts_is_kept_at_any_length():
     chosen = copy.deepcopy(distilled_splatfacto.config)
     chosen.pipeline.model.budget_cuts = 3
@@ -83,3 +106,5 @@ def test_ns_train_settles_the_cuts_at_full_length_too(tiny_scene, teacher_runs, 
     config.pipeline.datamanager.teachers = teacher_runs[:1]
     config.save_config()
     assert config.max_num_iterations == 30_000 and config.pipeline.model.budget_cuts == 1
+    saved = read_config(config.get_base_dir() / "config.yml").pipeline.model
+    assert (saved.budget_cuts, saved.fine_tune_regulariser) == (1, 0.01), "the saved config holds what the run does"

@@ -104,15 +104,22 @@ class Contender:
         return own, own + settings.steps * len(self.teachers_used(recipe))
 
 
+def as_published(config: TrainerConfig) -> None:
+    """The settings a published pruning method fine-tunes with, whatever the student's defaults: drop cuts and
+    splatfacto's own fine-tuning (no relocation or regularisers)."""
+    config.pipeline.model.cut_method = "drop"
+    config.pipeline.model.fine_tune = "default"
+
+
 def one_cut(config: TrainerConfig, setup: Setup) -> None:
     without_distillation(from_teacher(config, budget_cuts=1))
-    config.pipeline.model.cut_method = "drop"
+    as_published(config)
 
 
 def pup_rounds(config: TrainerConfig, setup: Setup) -> None:
     """PUP-3DGS: keep the 20% most sensitive, fine-tune half the run, cut to the budget, fine-tune the rest."""
     without_distillation(from_teacher(config, budget_cuts=2))
-    config.pipeline.model.cut_method = "drop"
+    as_published(config)
     config.pipeline.model.importance = "pup-fisher"
     config.pipeline.model.first_cut_keep = PUP_FIRST_ROUND_KEEP
 

@@ -30,7 +30,7 @@ from distilled_splat.losses import StructureLoss, StructureMode, photometric_los
 from distilled_splat.models.mcmc_splatfacto import REGULARISER_WEIGHT, mcmc_regularisers
 from distilled_splat.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 from distilled_splat.notices import say_once
-from distilled_splat.schedules import in_window
+from distilled_splat.schedules import FULL_RUN_STEPS, in_window
 from distilled_splat.strategy.compaction import CompactionStrategy
 from distilled_splat.strategy.mcmc import PortableMCMCStrategy
 from distilled_splat.teachers import load_gaussians
@@ -120,11 +120,15 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
     splat-transform is installed and drops otherwise, and says which at the first cut."""
     fine_tune: Literal["default", "mcmc"] = "default"
     """With init teacher, how the student trains at its budget from its last cut on: 'default' as splatfacto does
-    (its densification held under the budget); 'mcmc' as 3DGS-MCMC does at a fixed count: every refine-every steps
-    up to fine-tune-refine-stop the Gaussians at opacity 0.005 or below move onto live ones, opacity-gated noise on
-    the positions every step, L1 regularisers of 0.01 on opacity and scale (capped-mcmc's settings)."""
+    (its densification held under the budget); 'mcmc' (distilled-splatfacto) as 3DGS-MCMC does at a fixed count:
+    every refine-every steps up to fine-tune-refine-stop the Gaussians at opacity 0.005 or below move onto live
+    ones, opacity-gated noise moves the positions every step, and L1 regularisers pull opacity and scale down."""
     fine_tune_refine_stop: int = 25000
     """With fine-tune mcmc: the last step that relocates."""
+    fine_tune_regulariser: Optional[float] = None
+    """With fine-tune mcmc: weight of the L1 regularisers on opacity and on scale. None: 3DGS-MCMC's 0.01 scaled
+    by the run's length (0.01 x steps / 30000, at most 0.01): at 0.01 the regularisers cost 0.4 dB at 4000 steps
+    and won 0.5 dB at 30,000 (docs/experiments.md, "Stop 47")."""
     start_checkpoint: Optional[Path] = None
     """With init teacher: start from this splatfacto checkpoint's Gaussians instead of the vanilla teacher's (a
     decimated copy of it, say); the budget is still a fraction of the vanilla teacher's count."""
@@ -176,6 +180,8 @@ class DistilledSplatfactoModelConfig(PortableSplatfactoModelConfig):
         """Settle what depends on the run's length (called once it is known, before the run starts)."""
         if self.budget_cuts is None:
             self.budget_cuts = GRADUAL_CUTS if max_steps < MERGE_ONCE_FROM_STEPS else 1
+        if self.fine_tune_regulariser is None:
+            self.fine_tune_regulariser = REGULARISER_WEIGHT * min(max_steps, FULL_RUN_STEPS) / FULL_RUN_STEPS
 
     def cut_steps(self) -> Tuple[int, ...]:
         """Steps at which a student started from the teacher is cut towards its budget."""
@@ -210,6 +216,10 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         )  # fmt: skip
         self.fine_tune_strategy: Optional[PortableMCMCStrategy] = None
         if config.init == "teacher" and config.fine_tune == "mcmc":
+            if config.fine_tune_regulariser is None:
+                raise DistilledSplatError(
+                    "fine-tune-regulariser None is settled by the run's length: call fit_to_run_length first"
+                )
             self.fine_tune_strategy = PortableMCMCStrategy(
                 cap_max=self.budget() or config.max_gaussians, refine_start_iter=config.cut_steps()[-1],
                 refine_stop_iter=config.fine_tune_refine_stop, refine_every=config.refine_every,
@@ -290,7 +300,8 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
             loss_dict["distill_loss"] = weight * distill
         config = self.config
         if self.training and self.fine_tuning_mcmc(self.step):
-            loss_dict.update(mcmc_regularisers(self, REGULARISER_WEIGHT, REGULARISER_WEIGHT))
+            regulariser = config.fine_tune_regulariser
+            loss_dict.update(mcmc_regularisers(self, regulariser, regulariser))
         if self.training and in_window(
             self.step, config.structure_start, config.structure_stop, config.structure_every
         ):
