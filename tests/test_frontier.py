@@ -238,6 +238,11 @@ def test_mcmc_fine_tune_relocates_the_dead_at_the_budget_from_the_last_cut_on(fr
     train_steps(pipeline, optimizers, range(relocation, relocation + 1))
     alive = torch.sigmoid(model.opacities.squeeze(-1)) > 0.005
     assert model.num_points == budget and bool(alive.all()), "the dead were relocated onto live Gaussians"
+    # Those that fade after the last relocation move at the run's last step too: an export keeps every one.
+    with torch.no_grad():
+        model.gauss_params["opacities"][:2] = -10.0
+    model.relocate_the_faded(relocation + 1)
+    assert bool((torch.sigmoid(model.opacities.squeeze(-1)) > 0.005).all()) and model.num_points == budget
     for name, optimizer in optimizers.optimizers.items():
         if name in model.gauss_params:
             assert optimizer.param_groups[0]["params"][0] is model.gauss_params[name]

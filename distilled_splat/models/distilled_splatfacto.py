@@ -262,10 +262,18 @@ class DistilledSplatfactoModel(PortableSplatfactoModel):
         trainer = training_callback_attributes.trainer
         if trainer is not None:
             last = trainer._start_step + trainer.config.max_num_iterations - 1
-            callbacks.append(
-                TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.check_budget, iters=(last,))
-            )
+            for at_the_end in (self.relocate_the_faded, self.check_budget):
+                callbacks.append(
+                    TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], at_the_end, iters=(last,))
+                )
         return callbacks
+
+    def relocate_the_faded(self, step: int) -> None:
+        """With fine-tune mcmc, at the run's last step: the Gaussians that faded (opacity 0.005 or below) since the
+        last relocation move onto live ones, so the saved model holds its whole count in what an export writes
+        (ns-export gaussian-splat leaves out every Gaussian below opacity 1/255)."""
+        if self.fine_tuning_mcmc(step):
+            self.fine_tune_strategy.relocate_dead(self.gauss_params, self.optimizers, self.fine_tune_state)
 
     def check_budget(self, step: int) -> None:
         """A student that ends above its budget is a failed run, never a small model with a wrong count."""

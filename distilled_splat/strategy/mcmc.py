@@ -28,6 +28,12 @@ class PortableMCMCStrategy(MCMCStrategy):
         with portable_mcmc_ops():
             super().step_post_backward(params, optimizers, state, step, info, lr)
 
+    def relocate_dead(self, params, optimizers, state) -> int:
+        """Relocate the Gaussians at ``min_opacity`` or below now, outside the refinement schedule; returns how many."""
+        state["binoms"] = state["binoms"].to(params["means"].device)
+        with portable_mcmc_ops():
+            return self._relocate_gs(params, optimizers, state["binoms"])
+
     @torch.no_grad()
     def _add_new_gs(self, params, optimizers, binoms) -> int:
         current = len(params["means"])
